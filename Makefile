@@ -1,0 +1,44 @@
+# Two commands do all the set-up on a fresh machine (Python 3.10+ with venv, make):
+#   make run    create .venv, install the pinned dependencies, run the whole pipeline on the embedded
+#               default (sklearn 8x8 digits, CPU): tables and figures under results/digits/
+#   make test   same set-up, then the unit tests and a tiny end-to-end workflow (.test/)
+# Further targets: make test-integration (local SLURM cluster + container; needs root/apt), make report.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CORES  ?= 2
+STAMP  := $(VENV)/.installed
+
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup run test test-integration report dag schema clean-results
+
+$(STAMP): requirements.txt requirements-lock.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -c requirements-lock.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) all
+
+test: setup
+	$(BIN)/python -m pytest -m "not integration" -q
+
+test-integration: setup
+	$(BIN)/python -m pytest -m integration -q -p no:cacheprovider
+
+report: setup
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) all --report results/report.html
+
+dag: setup
+	$(BIN)/snakemake --profile profiles/local --rulegraph | dot -Tsvg > docs/dag.svg
+
+schema: setup
+	$(BIN)/python -m nfpi.schema --write
+
+clean-results:
+	rm -rf results .snakemake

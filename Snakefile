@@ -1,0 +1,39 @@
+# NFPI: conditionally untangled latent spaces by fixed-point iteration (Enescu & Sahbi, BMVC 2024).
+# Table of contents of the workflow; each stage lives in workflow/rules/<stage>.smk and each rule is a
+# thin shell over `python -m nfpi.<stage>`.
+#
+#   snakemake --profile profiles/local all          # the embedded default (sklearn digits, CPU, minutes)
+#   snakemake --profile slurm all                   # the same on a SLURM cluster
+#   snakemake --profile profiles/local --configfile config/cifar10.yaml all
+#
+# DAG: prepare -> pretrain -> extract -> solve (per setting) -> finetune -> evaluate / sample -> classify
+#      -> tabulate (Tables 1-6) + figures (Fig. 1, Fig. 2, curves) + latent OT + flow factorization
+
+import os
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# The default config is found next to this file, whatever the working directory (--directory).
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+
+
+include: "workflow/rules/common.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/flow.smk"
+include: "workflow/rules/fpi.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/classify.smk"
+include: "workflow/rules/report.smk"
+include: "workflow/rules/latent_ot.smk"
+include: "workflow/rules/flowfactor.smk"

@@ -1,0 +1,103 @@
+"""Shared command-line plumbing for stage modules (``python -m nfpi.<stage>``).
+
+A rule calls a stage with ``--config '<json>'`` holding only the config slices that stage needs
+(``{"<section>": {...}, ...}``), explicit input/output paths, and ``--threads``.  This module parses
+those slices into the owning modules' frozen dataclasses (unknown keys fail with the dotted key
+name), sets up logging and threads, and records where the job ran (the SLURM job id when there
+is one, so the cluster integration test can prove every job ran under SLURM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, TypeVar
+
+from nfpi import __version__
+from nfpi.config import ConfigError, from_mapping
+
+__all__ = ["stage_parser", "start_stage", "parse_slices", "provenance", "git_revision"]
+
+T = TypeVar("T")
+log = logging.getLogger("nfpi.stage")
+
+
+def stage_parser(description: str) -> argparse.ArgumentParser:
+    """An argument parser with the options every stage takes."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", default="{}", help="JSON object of config slices, e.g. '{\"fpi\": {...}}'")
+    p.add_argument("--config-hash", default="", help="lineage hash stamped on outputs (set by the workflow)")
+    p.add_argument("--threads", type=int, default=0, help="intra-op CPU threads (0: torch default)")
+    return p
+
+
+def parse_slices(text: str, **schema: type) -> dict[str, Any]:
+    """Parse ``--config`` into ``{section: dataclass}``; sections without a class stay plain dicts."""
+    try:
+        raw = json.loads(text) if text else {}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--config is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("--config must be a JSON object of config sections")
+    out: dict[str, Any] = {}
+    for section, cls in schema.items():
+        out[section] = from_mapping(cls, raw.get(section), where=section)
+    for section, value in raw.items():
+        if section not in schema:
+            out[section] = value
+    return out
+
+
+def git_revision() -> str:
+    """The repository's short git revision (``+dirty`` when modified), or ``"unknown"``."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        if rev.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5,
+        )
+        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance(config_hash: str) -> dict[str, Any]:
+    """What every metrics file carries: the lineage config hash, versions, and where it ran."""
+    import torch
+
+    return {
+        "config_hash": config_hash,
+        "nfpi_version": __version__,
+        "git_revision": git_revision(),
+        "torch_version": torch.__version__,
+        "host": socket.gethostname(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def start_stage(args: argparse.Namespace, name: str) -> None:
+    """Logging, threads and a header line naming the job (and its SLURM job id, if any)."""
+    from nfpi.runtime import set_threads, setup_logging
+
+    setup_logging()
+    set_threads(args.threads)
+    job = os.environ.get("SLURM_JOB_ID")
+    log.info(
+        "stage %s | nfpi %s | python %s | host %s | SLURM_JOB_ID=%s | threads=%s",
+        name, __version__, platform.python_version(), socket.gethostname(), job or "none", args.threads or "default",
+    )
+    log.info("command: %s", " ".join(sys.argv))

@@ -1,0 +1,253 @@
+"""Tool module: the workflow's config JSON schema, generated from the frozen config dataclasses.
+
+    python -m nfpi.schema > workflow/schemas/config.schema.yaml     # regenerate after changing a dataclass
+    python -m nfpi.schema --check                                   # exit 1 if the committed file is stale
+
+Each config section is validated against the dataclass that consumes it, so the schema and the
+code cannot drift apart (``tests/test_schema.py`` runs ``--check``).  Types come from the type
+hints, defaults from the dataclass defaults, descriptions from the comment on each field's line,
+and ranges from ``RANGES`` below.  Every object has ``additionalProperties: false``: a misspelt
+key fails at ``snakemake`` start-up, before any job runs, naming the key.
+
+Like the stage modules, this imports across the package; library modules never import it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import io
+import re
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+# Numeric ranges per "section.key" (JSON-schema keywords).
+RANGES: dict[str, dict[str, float]] = {
+    "fpi.lam": {"minimum": 0},
+    "fpi.alpha": {"exclusiveMinimum": 0},
+    "fpi.max_iter": {"minimum": 1},
+    "fpi.tol": {"exclusiveMinimum": 0},
+    "fpi.var_min": {"exclusiveMinimum": 0},
+    "data.val_fraction": {"minimum": 0, "exclusiveMaximum": 1},
+    "data.test_fraction": {"exclusiveMinimum": 0, "exclusiveMaximum": 1},
+    "train.steps": {"minimum": 0},
+    "train.batch_size": {"minimum": 1},
+    "train.lr": {"exclusiveMinimum": 0},
+    "train.warmup_steps": {"minimum": 0},
+    "train.ema_decay": {"minimum": 0, "maximum": 1},
+    "classifier.epochs": {"minimum": 0},
+    "classifier.batch_size": {"minimum": 1},
+    "sample.per_class": {"minimum": 1},
+    "sample.temperature": {"exclusiveMinimum": 0},
+    "augment.beta_max": {"minimum": 0},
+    "augment.num_axes": {"minimum": 1},
+    "augment.copies": {"minimum": 1},
+}
+
+
+def _json_type(tp: Any) -> dict[str, Any]:
+    """JSON schema of a Python type hint."""
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        return {"type": "boolean"}
+    if tp is int:
+        return {"type": "integer"}
+    if tp is float:
+        return {"type": "number"}
+    if tp is str:
+        return {"type": "string"}
+    if tp is type(None):
+        return {"type": "null"}
+    if origin is typing.Literal:
+        vals = list(typing.get_args(tp))
+        return {"enum": vals}
+    if origin in (typing.Union, types.UnionType):
+        subs = [_json_type(a) for a in typing.get_args(tp)]
+        simple = [s["type"] for s in subs if set(s) == {"type"} and isinstance(s["type"], str)]
+        if len(simple) == len(subs):
+            return {"type": simple}
+        return {"anyOf": subs}
+    if origin in (tuple, list):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        out: dict[str, Any] = {"type": "array"}
+        if args and all(a == args[0] for a in args):
+            out["items"] = _json_type(args[0])
+        return out
+    if origin is dict or tp is dict:
+        return {"type": "object"}
+    if dataclasses.is_dataclass(tp):
+        return dataclass_schema(tp, "")
+    return {}
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """The trailing ``# comment`` of each field line in the class source (its description)."""
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    out: dict[str, str] = {}
+    for line in src.splitlines():
+        m = re.match(r"\s+(\w+)\s*:\s*[^=#]+(?:=[^#]*)?#\s*(.+)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def _plain(v: Any) -> Any:
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    if isinstance(v, tuple):
+        return [_plain(x) for x in v]
+    return v
+
+
+def dataclass_schema(cls: type, range_key: str, *, only: tuple[str, ...] | None = None,
+                     doc: str | None = None) -> dict[str, Any]:
+    """Schema of one dataclass: typed properties with defaults and descriptions, no extra keys."""
+    hints = typing.get_type_hints(cls)
+    comments = _field_comments(cls)
+    props: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if only is not None and f.name not in only:
+            continue
+        p = _json_type(hints[f.name])
+        if f.default is not dataclasses.MISSING:
+            p["default"] = _plain(f.default)
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            p["default"] = _plain(f.default_factory())  # type: ignore[misc]
+        desc = comments.get(f.name)
+        if desc:
+            p["description"] = desc
+        p.update(RANGES.get(f"{range_key}.{f.name}", {}))
+        props[f.name] = p
+    description = doc if doc is not None else (inspect.getdoc(cls) or "").split("\n")[0]
+    return {"type": "object", "description": description, "additionalProperties": False, "properties": props,
+            "default": {}}
+
+
+def build_schema() -> dict[str, Any]:
+    """The whole config schema."""
+    from nfpi.classifiers import ClassifierConfig
+    from nfpi.data import DataConfig
+    from nfpi.evaluate import EvaluateConfig
+    from nfpi.extract import ExtractConfig
+    from nfpi.flowfactor import FlowFactorConfig
+    from nfpi.flows import FlowConfig
+    from nfpi.fpi import FPIConfig
+    from nfpi.latent_ot import LatentOTConfig
+    from nfpi.nfaugment import AugmentConfig
+    from nfpi.sample import SampleConfig
+    from nfpi.training import TrainConfig
+    from nfpi.tsne import FiguresConfig
+
+    gd_keys = ("optimizer", "steps", "lr", "gd_vmin", "gd_vmax")
+    fpi_keys = tuple(f.name for f in dataclasses.fields(FPIConfig) if f.name not in gd_keys + ("method", "policy"))
+    policies = ["sublinear_v1", "sublinear_v2", "linear", "superlinear_v1", "superlinear_v2"]
+    per_kind = {"type": "object", "additionalProperties": False, "required": ["cpu", "train", "infer"],
+                "properties": {k: {"type": "integer", "minimum": 1} for k in ("cpu", "train", "infer")}}
+    props: dict[str, Any] = {
+        "run": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]+$",
+                "description": "run name: every output goes under results/<run>/"},
+        "seed": {"type": "integer", "default": 0, "description": "global seed (recorded; stages take their own seeds)"},
+        "threads": {"type": "object", "additionalProperties": False, "default": {"train": 2, "other": 1},
+                    "description": "CPU threads per job",
+                    "properties": {"train": {"type": "integer", "minimum": 1, "default": 2},
+                                   "other": {"type": "integer", "minimum": 1, "default": 1}}},
+        "resources": {
+            "type": "object", "additionalProperties": False, "required": ["gpus", "mem_mb", "runtime_min"],
+            "description": "cluster resources: GPUs per training job (torchrun with one process per GPU when > 1), "
+                           "memory (MB) and runtime (minutes) per kind of job (cpu-only, train, infer)",
+            "properties": {"gpus": {"type": "integer", "minimum": 0}, "mem_mb": per_kind, "runtime_min": per_kind},
+        },
+        "data": dataclass_schema(DataConfig, "data"),
+        "flow": dataclass_schema(FlowConfig, "flow"),
+        "pretrain": dataclass_schema(TrainConfig, "train", doc="flow pretraining with the N(0, I) prior"),
+        "extract": dataclass_schema(ExtractConfig, "extract"),
+        "fpi": dataclass_schema(FPIConfig, "fpi", only=fpi_keys,
+                                doc="the NFPI fixed-point solver (Proposition 1); lam = 0 is Baseline 1"),
+        "gd": dataclass_schema(FPIConfig, "gd", only=gd_keys,
+                               doc="Baseline 2 (NF^GD): gradient descent on the same objective"),
+        "finetune": dataclass_schema(TrainConfig, "train", doc="flow fine-tuning on each setting's fixed Gaussians"),
+        "evaluate": dataclass_schema(EvaluateConfig, "evaluate"),
+        "sample": dataclass_schema(SampleConfig, "sample"),
+        "cnn": dataclass_schema(ClassifierConfig, "classifier", doc="ResNet18 trained on generated images (CNN-Acc)"),
+        "augment": dataclass_schema(AugmentConfig, "augment"),
+        "swin": dataclass_schema(ClassifierConfig, "classifier", doc="Swin for Table 5 (standard_aug set per run)"),
+        "eva02": dataclass_schema(ClassifierConfig, "classifier", doc="EVA02 for Table 6 (standard_aug set per run)"),
+        "figures": dataclass_schema(FiguresConfig, "figures"),
+        "latent_ot": dataclass_schema(LatentOTConfig, "latent_ot"),
+        "flowfactor": dataclass_schema(FlowFactorConfig, "flowfactor"),
+        "experiments": {
+            "type": "object", "additionalProperties": False, "default": {},
+            "description": "which of the paper's experiments the run performs",
+            "properties": {
+                "table1": {"type": "boolean", "default": True, "description": "Table 1: Baseline 1, GD, NFPI"},
+                "gd_policies": {"type": "array", "items": {"enum": policies}, "default": policies,
+                                "description": "Baseline 2 learning-rate policies (docs/method.md)"},
+                "lambdas": {"type": "array", "items": {"type": "number", "minimum": 0}, "default": [],
+                            "description": "Table 2: the lambda sweep"},
+                "ablation": {"type": "boolean", "default": True, "description": "Table 3: the KLD ablation"},
+                "figure_lambdas": {"type": "array", "items": {"type": "number", "minimum": 0}, "minItems": 2,
+                                   "maxItems": 2, "default": [10.0, 1000.0],
+                                   "description": "Fig. 1(c)-(d): a small and a large lambda"},
+                "swin": {"type": "boolean", "default": True, "description": "Table 5 (Swin + NF augmentation)"},
+                "eva02": {"type": "boolean", "default": True, "description": "Table 6 (EVA02 + NF augmentation)"},
+                "latent_ot": {"type": "boolean", "default": True, "description": "latent OT prior comparison"},
+                "flowfactor": {"type": "boolean", "default": True, "description": "flow-factorized transformations"},
+            },
+        },
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "nfpi workflow configuration",
+        "description": "Generated by `python -m nfpi.schema` from the config dataclasses; do not edit by hand.",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["run", "data", "flow", "pretrain", "fpi", "finetune", "resources"],
+        "properties": props,
+    }
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """Write repeated sub-schemas out in full (no YAML anchors: the file is read by people too)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def render() -> str:
+    buf = io.StringIO()
+    buf.write("# Generated by `python -m nfpi.schema` from the config dataclasses; do not edit by hand.\n")
+    yaml.dump(build_schema(), buf, Dumper=_NoAliasDumper, sort_keys=False, width=120)
+    return buf.getvalue()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--check", action="store_true", help="compare with the committed schema; exit 1 if stale")
+    p.add_argument("--write", action="store_true", help=f"write {SCHEMA_PATH}")
+    args = p.parse_args(argv)
+    text = render()
+    if args.check:
+        if not SCHEMA_PATH.exists() or SCHEMA_PATH.read_text() != text:
+            sys.exit(f"{SCHEMA_PATH} is stale: run `python -m nfpi.schema --write`")
+        return
+    if args.write:
+        from nfpi.io import atomic_write_text
+
+        atomic_write_text(SCHEMA_PATH, text)
+        return
+    sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+# Shared definitions: config validation, the run's results folder, settings, config slices,
+# resources and the launcher (python, or torchrun with one process per GPU).
+import json
+import shlex
+import sys
+
+from snakemake.utils import validate
+
+from nfpi.config import from_mapping
+from nfpi.experiments import lineage_hash, settings_from_config, table_settings
+from nfpi.flows import FlowConfig, resolve_preset
+
+# Fails before any job starts, naming the offending key (unknown keys are rejected by the schema).
+validate(config, "../schemas/config.schema.yaml")
+
+RUN = config["run"]
+R = f"results/{RUN}"
+SETTINGS = settings_from_config(config)
+TABLES = table_settings(config)
+SETTING_RE = "|".join(SETTINGS)
+FLOW_RE = "pretrain|" + SETTING_RE
+LEVELS = resolve_preset(from_mapping(FlowConfig, config["flow"], where="flow")).levels
+RES = config["resources"]
+
+
+wildcard_constraints:
+    setting=SETTING_RE,
+    flow=FLOW_RE,
+    split="train|val|test",
+    nfa="none|nf",
+    sa="none|sa",
+
+
+def slices(**sections):
+    """The JSON a stage receives: only the config sections it needs (so edits rerun only it)."""
+    return json.dumps(sections, sort_keys=True)
+
+
+# The interpreter running Snakemake runs the stages too (the venv / container python), whatever PATH says.
+PY = shlex.quote(sys.executable)
+
+
+def launcher(gpus):
+    """The interpreter for CPU / one GPU; torchrun with one process per GPU otherwise (one code path)."""
+    if int(gpus) > 1:
+        return f"{PY} -m torch.distributed.run --standalone --nproc_per_node={int(gpus)}"
+    return PY
+
+
+def gpu_resources(kind="train"):
+    """Resources of a GPU-capable rule: GPUs (from config), memory and runtime."""
+    return dict(
+        mem_mb=RES["mem_mb"][kind],
+        runtime=RES["runtime_min"][kind],
+        gpu=RES["gpus"] if kind == "train" else min(RES["gpus"], 1),
+    )
+
+
+def cpu_resources(kind="cpu"):
+    return dict(mem_mb=RES["mem_mb"][kind], runtime=RES["runtime_min"][kind])
+
+
+def all_targets():
+    t = [f"{R}/tables/README.md", f"{R}/figures/fig1_tsne.png", f"{R}/figures/fig2_augment.png",
+         f"{R}/figures/training_curves.png"]
+    t += [f"{R}/figures/samples_{s}.png" for s in SETTINGS if s in ("baseline1", "nfpi")]
+    if config["experiments"].get("latent_ot", True):
+        t.append(f"{R}/latent_ot/metrics.json")
+    if config["experiments"].get("flowfactor", True):
+        t.append(f"{R}/flowfactor/metrics.json")
+    return t

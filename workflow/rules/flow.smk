@@ -1,0 +1,67 @@
+# Stages: pretrain (N(0, I) prior), extract (latents of a trained flow), finetune (on solved Gaussians).
+
+
+rule pretrain:
+    input:
+        meta=f"{R}/data/meta.json",
+    output:
+        ckpt=f"{R}/flows/pretrain.pt",
+        metrics=f"{R}/flows/pretrain.json",
+        curve=f"{R}/flows/pretrain.jsonl",
+    params:
+        cfg=lambda wc: slices(flow=config["flow"], train=config["pretrain"]),
+        chash=lambda wc: lineage_hash(config),
+        launch=launcher(RES["gpus"]),
+    log:
+        f"{R}/logs/pretrain.log",
+    threads: config["threads"]["train"]
+    resources:
+        **gpu_resources("train"),
+    shell:
+        "rm -f {output.curve}; {params.launch} -m nfpi.pretrain --config {params.cfg:q} --config-hash {params.chash}"
+        " --threads {threads} --data-dir $(dirname {input.meta}) --out {output.ckpt} --metrics {output.metrics}"
+        " --log-jsonl {output.curve} > {log} 2>&1"
+
+
+rule extract:
+    input:
+        ckpt=f"{R}/flows/{{flow}}.pt",
+        meta=f"{R}/data/meta.json",
+    output:
+        expand(f"{R}/latents/{{{{flow}}}}/{{split}}.{config['extract']['format']}", split=["train", "val", "test"]),
+    params:
+        cfg=lambda wc: slices(extract=config["extract"]),
+        chash=lambda wc: lineage_hash(config, None if wc.flow == "pretrain" else wc.flow, "extract"),
+        out=lambda wc: f"{R}/latents/{wc.flow}",
+    log:
+        f"{R}/logs/extract_{{flow}}.log",
+    threads: config["threads"]["other"]
+    resources:
+        **gpu_resources("infer"),
+    shell:
+        "{PY} -m nfpi.extract --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
+        " --checkpoint {input.ckpt} --data-dir $(dirname {input.meta}) --out-dir {params.out} > {log} 2>&1"
+
+
+rule finetune:
+    input:
+        init=f"{R}/flows/pretrain.pt",
+        gaussians=f"{R}/gaussians/{{setting}}.pt",
+        meta=f"{R}/data/meta.json",
+    output:
+        ckpt=f"{R}/flows/{{setting}}.pt",
+        metrics=f"{R}/flows/{{setting}}.json",
+        curve=f"{R}/flows/{{setting}}.jsonl",
+    params:
+        cfg=lambda wc: slices(train=config["finetune"]),
+        chash=lambda wc: lineage_hash(config, wc.setting),
+        launch=launcher(RES["gpus"]),
+    log:
+        f"{R}/logs/finetune_{{setting}}.log",
+    threads: config["threads"]["other"]
+    resources:
+        **gpu_resources("train"),
+    shell:
+        "rm -f {output.curve}; {params.launch} -m nfpi.finetune --config {params.cfg:q} --config-hash {params.chash}"
+        " --threads {threads} --data-dir $(dirname {input.meta}) --init {input.init} --gaussians {input.gaussians}"
+        " --out {output.ckpt} --metrics {output.metrics} --log-jsonl {output.curve} > {log} 2>&1"

@@ -1,0 +1,73 @@
+# Stages: tabulate (Tables 1-6), tsne (Fig. 1), curves (training curves).
+
+
+def _table_inputs(wc):
+    files = [f"{R}/metrics/{s}.json" for t in TABLES.values() for s in t]
+    files += [f"{R}/cnn/{s}.json" for t in ("table2", "table3") for s in TABLES.get(t, [])]
+    for m in ("swin", "eva02"):
+        if config["experiments"].get(m, True):
+            files += [f"{R}/{m}/{a}_{b}.json" for a in ("none", "nf") for b in ("none", "sa")]
+    return sorted(set(files))
+
+
+rule tabulate:
+    input:
+        _table_inputs,
+    output:
+        f"{R}/tables/README.md",
+        f"{R}/summary.json",
+    params:
+        cfg=lambda wc: json.dumps(config, sort_keys=True),
+        out=f"{R}/tables",
+    log:
+        f"{R}/logs/tabulate.log",
+    threads: 1
+    resources:
+        **cpu_resources(),
+    shell:
+        "{PY} -m nfpi.tabulate --config {params.cfg:q} --results {R} --out-dir {params.out} > {log} 2>&1"
+
+
+def _fig1_gaussians(wc):
+    lams = config["experiments"]["figure_lambdas"]
+    from nfpi.experiments import lambda_setting_name
+
+    g = {"baseline1": f"{R}/gaussians/baseline1.pt"}
+    for lam in lams:
+        g[f"NFPI lambda={lam:g}"] = f"{R}/gaussians/{lambda_setting_name(config, lam)}.pt"
+    return g
+
+
+rule tsne:
+    input:
+        latents=f"{R}/latents/pretrain/train.{config['extract']['format']}",
+        meta=f"{R}/data/meta.json",
+        gaussians=lambda wc: list(_fig1_gaussians(wc).values()),
+    output:
+        f"{R}/figures/fig1_tsne.png",
+    params:
+        cfg=lambda wc: slices(figures=config["figures"]),
+        pairs=lambda wc: " ".join(shlex.quote(f"{k}={v}") for k, v in _fig1_gaussians(wc).items()),
+    log:
+        f"{R}/logs/tsne.log",
+    threads: 1
+    resources:
+        **cpu_resources(),
+    shell:
+        "{PY} -m nfpi.tsne --config {params.cfg:q} --threads {threads} --latents {input.latents}"
+        " --gaussians {params.pairs} --data-dir $(dirname {input.meta}) --out {output} > {log} 2>&1"
+
+
+rule curves:
+    input:
+        pretrain=f"{R}/flows/pretrain.jsonl",
+        finetune=[f"{R}/flows/{s}.jsonl" for s in TABLES.get("table1", ["nfpi"])],
+    output:
+        f"{R}/figures/training_curves.png",
+    log:
+        f"{R}/logs/curves.log",
+    threads: 1
+    resources:
+        **cpu_resources(),
+    shell:
+        "{PY} -m nfpi.curves --out {output} {input.pretrain} {input.finetune} > {log} 2>&1"
