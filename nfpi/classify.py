@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
                                       num_classes=data.num_classes)
     wall = time.perf_counter() - t0
     out = {"setting": args.name, "train_size": int(len(labels)), "train_seconds": wall, "history": history,
-           "config": cfg}
+           "config": cfg, "parameters": sum(p.numel() for p in model.parameters()),
+           "pretrained": bool(getattr(model, "pretrained", False))}
     for split in ("val", "test"):
         out[split] = evaluate_classifier(model, np.asarray(data.images(split)), np.asarray(data.labels(split)))
         log.info("%s %s: top-1 %.2f%% top-5 %.2f%%", args.name, split, 100 * out[split]["top1"],

@@ -4,8 +4,12 @@
         --out-dir latents/<flow>
 
 Writes ``{train,val,test}.parquet`` (float32 fixed-size-list ``z``, ``label``, ``split``; row groups
-for streaming) or ``.npy`` memmaps for large d.  The flow runs with its EMA weights, no
-dequantisation noise (the latent of the image itself), in inference mode.
+for streaming) or ``.npy`` memmaps for large d.  The flow runs with its EMA weights in inference
+mode.  By default each image is dequantised with seeded uniform noise, as in training: the flow
+models the density of the continuous ``x + u``, and the class Gaussians the FPI fits must match the
+distribution the flow is trained against.  Without noise, pixels that are constant within a class
+(the blank border of every digit) give latent coordinates of zero class variance, where the
+likelihood term is unbounded below (v -> 0) and the solver rightly reports divergence.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ class ExtractConfig:
     batch_size: int = 256  # images per forward pass
     format: Literal["parquet", "npy"] = "parquet"  # npy: numpy memmap, for large d (ImageNet64: d = 12288)
     row_group_size: int = 4096  # Parquet rows per row group (the streaming unit of the FPI's statistics pass)
+    dequantize: bool = True  # latents of x + u, u ~ U[0, 1/256): the density the flow models (see module doc)
+    seed: int = 0  # dequantisation noise seed (the same latents on every rerun)
     device: str = "auto"
 
 
@@ -59,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
         n = len(data.labels(split))
         path = out / f"{split}.{cfg.format}"
         rows = write_latents(
-            path, extract_latents(flow, data.dataset(split), batch_size=cfg.batch_size, device=device),
+            path, extract_latents(flow, data.dataset(split), batch_size=cfg.batch_size, device=device,
+                                  dequantize=cfg.dequantize, seed=cfg.seed),
             dim=flow.latent_dim, split=split, num_rows=n, row_group_size=cfg.row_group_size,
         )
         dt = time.perf_counter() - t0

@@ -63,8 +63,13 @@ def main(argv: list[str] | None = None) -> None:
     images = torch.from_numpy(np.asarray(data.images("train")))
     labels = torch.from_numpy(np.asarray(data.labels("train")))
     gen = torch.Generator().manual_seed(cfg.seed)
+    if len(z) != len(labels) or not np.array_equal(y, labels.numpy()):
+        raise ValueError(f"{args.latents}: latents do not match the training split of {args.data_dir} row by row; "
+                         "rerun the extract stage")
+    # The training latents are already on disk (same order as the images): no forward pass needed.
+    zt = torch.from_numpy(z)
     aug_x, aug_y = nf_augment(flow, images, labels, axes, copies=cfg.copies, beta_max=cfg.beta_max,
-                              batch_size=cfg.batch_size, generator=gen, device=device)
+                              batch_size=cfg.batch_size, generator=gen, device=device, latents=zt)
     with atomic_path(args.out, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, images=aug_x.cpu().numpy().astype(np.uint8), labels=aug_y.cpu().numpy().astype(np.int64))
@@ -78,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(cfg.figure_variants):
             # Pair the chosen originals with random same-class partners from the whole training set.
             vx, _ = nf_augment(flow, images, labels, axes, copies=1, beta_max=cfg.beta_max, batch_size=cfg.batch_size,
-                               generator=g2, device=device, indices=pick)
+                               generator=g2, device=device, indices=pick, latents=zt)
             variants.append(vx.cpu().numpy())
         augmentation_figure(images[pick].numpy(), np.stack(variants, axis=1), labels[pick].numpy(), args.figure,
                             class_names=data.class_names,

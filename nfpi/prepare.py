@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     start_stage(args, "prepare")
     cfg = parse_slices(args.config, data=DataConfig)["data"]
-    meta = prepare_dataset(cfg, args.out_dir, size_multiple=args.size_multiple)
+    meta = prepare_dataset(cfg, args.out_dir, size_multiple=args.size_multiple, num_workers=max(args.threads, 1))
     log.info("prepared %s: %s classes, image shape %s, counts %s",
              meta.get("name"), meta.get("num_classes"), meta.get("image_shape"), meta.get("counts"))
 

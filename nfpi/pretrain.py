@@ -19,6 +19,7 @@ from nfpi.data import PreparedData
 from nfpi.density import ClassGaussianPrior
 from nfpi.flows import FlowConfig, build_flow
 from nfpi.io import atomic_write_json, to_jsonable
+from nfpi.runtime import seed_everything
 from nfpi.training import TrainConfig, train_flow
 
 log = logging.getLogger("nfpi.pretrain")
@@ -53,6 +54,7 @@ def run(argv: list[str] | None, stage: str) -> None:
         flow_cfg_raw = to_jsonable(flow_cfg)
     train_cfg: TrainConfig = slices["train"]
 
+    seed_everything(train_cfg.seed)  # the coupling networks' initial weights are drawn here
     flow = build_flow(flow_cfg, tuple(data.image_shape))
     if args.gaussians:
         g = torch.load(args.gaussians, map_location="cpu", weights_only=True)
@@ -71,6 +73,10 @@ def run(argv: list[str] | None, stage: str) -> None:
         "stage": stage,
         "gaussians": str(args.gaussians) if args.gaussians else None,
     }
+    if args.log_jsonl:
+        # A declared output even when a resumed run has no step left to log.
+        Path(args.log_jsonl).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.log_jsonl).touch()
     result = train_flow(
         flow, data.dataset("train"), prior, train_cfg,
         out_path=Path(args.out), init_checkpoint=args.init, config_record=record, metrics_path=args.log_jsonl,

@@ -128,7 +128,7 @@ def _aug_table(cfg: Mapping[str, Any], r: Path, which: str, stamp: dict[str, str
         params = lookup(m, "parameters")
         rows.append([Cell(label), Cell(params / 1e6 if params else None, fmt="{:.2f}"),
                      cell_from(m, f, "test.top1", scale=PCT), cell_from(m, f, "test.top5", scale=PCT),
-                     cell_from(m, f, "train_size", fmt="{:d}")])
+                     cell_from(m, f, "train_size", fmt="{:.0f}")])
     num = "5" if which == "swin" else "6"
     origin = ("from scratch: no pretrained weights file configured (" + which + ".pretrained_file)") if scratch else \
         f"fine-tuned from {sec.get('pretrained_file')}"
@@ -171,6 +171,10 @@ def main(argv: list[str] | None = None) -> None:
     atomic_write_text(out / "README.md", rows_markdown(tables))
     summary = {t.name: [[c.text() for c in row] for row in t.rows] for t in tables}
     atomic_write_json(r / "summary.json", {"stamp": stamp, "tables": summary})
+    # The whole resolved config (defaults filled in by the schema) beside the results it produced.
+    import yaml
+
+    atomic_write_text(r / "config.resolved.yaml", f"# config hash {stamp['config hash']}\n" + yaml.safe_dump(cfg))
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     letters = "bcdefgh"
     labels = torch.arange(data.num_classes).repeat_interleave(cfg.tsne_per_class)
     for i, item in enumerate(args.gaussians):
-        name, _, path = item.partition("=")
+        name, _, path = item.rpartition("=")  # labels may contain "=" (lambda=10)
         prior = ClassGaussianPrior.from_state_dict(torch.load(path, map_location="cpu", weights_only=True)["prior"])
         zs = prior.sample(labels, temperature=1.0, generator=gen).numpy()
         panels.append((f"({letters[i]}) samples: {name}", zs, labels.numpy()))

@@ -18,7 +18,7 @@ rule pretrain:
     resources:
         **gpu_resources("train"),
     shell:
-        "rm -f {output.curve}; {params.launch} -m nfpi.pretrain --config {params.cfg:q} --config-hash {params.chash}"
+        "{params.launch} -m nfpi.pretrain --config {params.cfg:q} --config-hash {params.chash}"
         " --threads {threads} --data-dir $(dirname {input.meta}) --out {output.ckpt} --metrics {output.metrics}"
         " --log-jsonl {output.curve} > {log} 2>&1"
 
@@ -62,6 +62,6 @@ rule finetune:
     resources:
         **gpu_resources("train"),
     shell:
-        "rm -f {output.curve}; {params.launch} -m nfpi.finetune --config {params.cfg:q} --config-hash {params.chash}"
+        "{params.launch} -m nfpi.finetune --config {params.cfg:q} --config-hash {params.chash}"
         " --threads {threads} --data-dir $(dirname {input.meta}) --init {input.init} --gaussians {input.gaussians}"
         " --out {output.ckpt} --metrics {output.metrics} --log-jsonl {output.curve} > {log} 2>&1"

@@ -16,6 +16,7 @@ rule tabulate:
     output:
         f"{R}/tables/README.md",
         f"{R}/summary.json",
+        f"{R}/config.resolved.yaml",
     params:
         cfg=lambda wc: json.dumps(config, sort_keys=True),
         out=f"{R}/tables",

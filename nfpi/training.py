@@ -1,0 +1,658 @@
+"""The flow training loop: one function for pretraining (N(0, I) prior) and fine-tuning (solved Gaussians).
+
+:func:`train_flow` reads top to bottom, nanoGPT / DiT style, with one code path for 1 and N
+processes (DDP under ``torchrun``; gloo on CPU, NCCL on GPU):
+
+1. process group and device (:func:`nfpi.distributed.init_distributed`);
+2. state: resume from the rolling checkpoint beside ``out_path`` when its config matches, else start
+   from ``init_checkpoint`` (fine-tuning) or from actnorm's data-dependent init on rank 0, broadcast;
+3. the loop: deterministic global batch -> this rank's shard -> dequantise -> NLL (Eq. 1 with the
+   class Gaussians ``N(mu_y, v_y)``; the standard prior when pretraining) -> backward -> clip ->
+   Adamax step (lr 1e-2 linearly warmed up over 1000 iterations, Section 5 "Implementation
+   Details") -> EMA;
+4. non-finite guard: a step whose loss or gradient norm is not finite on any rank is skipped on all
+   ranks; after ``max_nonfinite`` consecutive skips the weights roll back to the last good checkpoint
+   and training continues *past* the offending batches (PaLM's remedy: replaying them would diverge
+   the same way);
+5. periodic self-describing checkpoints (:mod:`nfpi.checkpoint`), a metrics JSONL log, and the final
+   ``kind="flow"`` checkpoint at ``out_path``.
+
+Determinism: the data order is a per-epoch permutation drawn from ``(seed, epoch)``; global batch
+``b`` is ``perm[b*B:(b+1)*B]`` and rank ``r`` takes the contiguous slice ``r*B/W:(r+1)*B/W``.
+Dequantisation noise and horizontal flips are drawn for the *whole global batch* from a generator
+seeded by ``(seed, step)`` and then sliced, so 1 and N processes see identical inputs, and a resumed
+run sees exactly what an uninterrupted run would have seen: no DataLoader state is needed.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import inspect
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from nfpi import distributed as ddp
+from nfpi.checkpoint import CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from nfpi.config import config_hash, from_mapping
+from nfpi.io import append_jsonl, to_jsonable
+from nfpi.runtime import autocast, progress
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "TrainedFlow",
+    "train_flow",
+    "load_trained_flow",
+    "resume_path",
+    "lr_at",
+    "global_batch_indices",
+    "batch_noise",
+    "load_batch",
+    "dequantize_batch",
+    "training_inputs",
+]
+
+logger = logging.getLogger(__name__)
+
+# Streams of the derived seeds (so the permutation, the per-step noise and the init batch never share draws).
+_STREAM_PERM, _STREAM_STEP, _STREAM_INIT = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of the flow training loop: the pipeline's ``pretrain`` / ``finetune`` ``train`` slices.
+
+    Defaults follow the paper (Section 5, "Implementation Details": Adamax, lr 1e-2 linearly warmed
+    up over the first 1000 iterations, exponential moving average of the weights).
+    """
+
+    steps: int = 500  # optimiser steps in total (a resumed run continues up to this count)
+    batch_size: int = 64  # global batch (all ranks together); must be divisible by the number of processes
+    lr: float = 1e-2  # peak learning rate (paper: 1e-2)
+    warmup_steps: int = 1000  # linear warmup from lr/warmup_steps to lr, then constant (paper: 1000)
+    optimizer: Literal["adamax", "adam"] = "adamax"  # paper: Adamax
+    weight_decay: float = 0.0  # L2 penalty added to the gradient (torch's Adamax/Adam convention)
+    ema_decay: float = 0.999  # EMA decay; effective decay min(ema_decay, (1+t)/(10+t)) so short runs' EMA is usable
+    grad_clip: float | None = 50.0  # max global gradient norm; None: no clipping (the norm is still logged)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on CUDA (no-op on CPU); weights stay fp32
+    hflip: bool = False  # random horizontal flips (drawn per image from the (seed, step) generator)
+    n_bits: int = 8  # bits per colour channel of the modelled data (bits/dim are reported for this)
+    init_size: int = 256  # images used by actnorm's data-dependent init (the first of epoch 0's order)
+    checkpoint_every: int = 200  # steps between rolling resume checkpoints (also the rollback target)
+    log_every: int = 20  # steps between metrics lines (JSONL + log)
+    max_nonfinite: int = 5  # consecutive non-finite steps (skipped) before rolling back to the last checkpoint
+    max_rollbacks: int = 3  # rollbacks before giving up with an error (the run is diverging, lower lr)
+    seed: int = 0  # seeds data order, dequantisation noise, flips, init batch
+    device: str = "auto"  # "auto" (CUDA if visible, LOCAL_RANK under torchrun), "cpu", "cuda"
+    compile: bool = False  # torch.compile the flow's forward (GPU runs; compilation costs minutes)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.steps >= 0, "train.steps must be >= 0"),
+            (self.batch_size >= 1, "train.batch_size must be >= 1"),
+            (self.lr > 0, "train.lr must be > 0"),
+            (self.warmup_steps >= 0, "train.warmup_steps must be >= 0"),
+            (0.0 <= self.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),
+            (self.grad_clip is None or self.grad_clip > 0, "train.grad_clip must be > 0 or null"),
+            (1 <= self.n_bits <= 8, "train.n_bits must be in 1..8"),
+            (self.init_size >= 1, "train.init_size must be >= 1"),
+            (self.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
+            (self.log_every >= 1, "train.log_every must be >= 1"),
+            (self.max_nonfinite >= 1, "train.max_nonfinite must be >= 1"),
+            (self.max_rollbacks >= 0, "train.max_rollbacks must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                from nfpi.config import ConfigError
+
+                raise ConfigError(msg)
+
+
+# Fields that do not change the training trajectory: a resume checkpoint written under other values
+# of these is still valid (``steps`` lets a finished run be extended exactly).
+_VOLATILE_FIELDS = ("steps", "checkpoint_every", "log_every", "max_nonfinite", "max_rollbacks", "device", "compile")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Summary of a :func:`train_flow` call.
+
+    steps: optimiser steps completed in total (including those before a resume).
+    final_loss: mean -log p(x|y) (nats per image, of the dequantised x in [-0.5, 0.5), as
+        :func:`nfpi.density.flow_nll`) over the last logging window (NaN if no step ran).
+    final_bpd: the same as bits/dim of the ``n_bits`` data (:func:`nfpi.density.bits_per_dim`).
+    images_per_sec: global training throughput of this call (all ranks).
+    rollbacks: rollbacks to the last good checkpoint (total over the run).
+    skipped_steps: steps skipped for a non-finite loss or gradient (total over the run).
+    wall_s: wall time of this call.
+    resumed_from: step this call resumed from (0 for a fresh start).
+    """
+
+    steps: int
+    final_loss: float
+    final_bpd: float
+    images_per_sec: float
+    rollbacks: int
+    skipped_steps: int
+    wall_s: float
+    resumed_from: int = 0
+
+
+@dataclass(frozen=True)
+class TrainedFlow:
+    """A trained flow rebuilt from its checkpoint.
+
+    flow: the flow with EMA weights (or raw weights with ``use_ema=False``), in eval mode.
+    prior: the class Gaussians it was trained with (``None`` if the checkpoint has none).
+    config: the checkpoint's config record (``flow``, ``image_shape``, ``train``, ...).
+    image_shape: (C, H, W).
+    """
+
+    flow: nn.Module
+    prior: Any
+    config: dict[str, Any]
+    image_shape: tuple[int, int, int]
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure helpers (deterministic data order, noise, lr schedule)
+
+
+def _derive_seed(*ints: int) -> int:
+    """A well-mixed 63-bit seed from integers (NumPy's SeedSequence), so nearby steps are independent."""
+    return int(np.random.SeedSequence([int(i) & 0xFFFFFFFF for i in ints]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of optimiser step ``step`` (0-based): linear warmup over ``warmup_steps``, then constant."""
+    if cfg.warmup_steps <= 0:
+        return cfg.lr
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+
+
+class _EpochOrder:
+    """Global batch indices for any step: epoch permutation from ``(seed, epoch)``, cached per epoch."""
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int) -> None:
+        if num_examples < batch_size:
+            raise ValueError(
+                f"train.batch_size={batch_size} is larger than the training set ({num_examples} images); "
+                "lower train.batch_size"
+            )
+        self.n, self.batch_size, self.seed = num_examples, batch_size, seed
+        self.steps_per_epoch = num_examples // batch_size  # the last partial batch is dropped (equal shards)
+        self._epoch = -1
+        self._perm = torch.empty(0, dtype=torch.int64)
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(_derive_seed(self.seed, _STREAM_PERM, epoch))
+            self._perm, self._epoch = torch.randperm(self.n, generator=g), epoch
+        return self._perm
+
+    def batch(self, step: int) -> torch.Tensor:
+        epoch, b = divmod(step, self.steps_per_epoch)
+        return self.permutation(epoch)[b * self.batch_size : (b + 1) * self.batch_size]
+
+
+def global_batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
+    """Dataset indices of global batch ``step`` (see the module docstring); identical for any world size."""
+    return _EpochOrder(num_examples, batch_size, seed).batch(step)
+
+
+def batch_noise(
+    seed: int, step: int, batch_size: int, image_shape: Sequence[int], *, stream: int = _STREAM_STEP
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uniform dequantisation noise ``[B, C, H, W]`` in [0, 1) and flip flags ``[B]`` for a whole global batch.
+
+    Drawn from a generator seeded by ``(seed, step)``; a rank slices its shard out, so the noise of an
+    image depends on its position in the global batch, never on the number of processes.
+    """
+    g = torch.Generator().manual_seed(_derive_seed(seed, stream, step))
+    flips = torch.rand(batch_size, generator=g) < 0.5
+    noise = torch.rand((batch_size, *image_shape), generator=g)
+    return noise, flips
+
+
+def load_batch(dataset: Dataset, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fetch ``(images, labels)`` for ``indices`` (TensorDataset and ``__getitems__`` fast paths)."""
+    if isinstance(dataset, TensorDataset):
+        x, y = dataset.tensors[0][indices], dataset.tensors[1][indices]
+        return x, torch.as_tensor(y, dtype=torch.int64)
+    idx = indices.tolist()
+    getitems = getattr(dataset, "__getitems__", None)
+    items = getitems(idx) if getitems is not None else [dataset[i] for i in idx]
+    if isinstance(items, (tuple, list)) and len(items) == 2 and isinstance(items[0], torch.Tensor) and \
+            items[0].dim() == 4:  # already collated (images [B,C,H,W], labels [B])
+        return items[0], torch.as_tensor(items[1], dtype=torch.int64)
+    xs = torch.stack([torch.as_tensor(item[0]) for item in items])
+    ys = torch.as_tensor([int(item[1]) for item in items], dtype=torch.int64)
+    return xs, ys
+
+
+def dequantize_batch(x: torch.Tensor, noise: torch.Tensor | None, *, n_bits: int = 8) -> torch.Tensor:
+    """Images -> flow input in [-0.5, 0.5) (uniform dequantisation, as :func:`nfpi.density.preprocess`).
+
+    uint8 images are reduced to ``n_bits`` and dequantised with ``noise`` in [0, 1) (in units of one
+    bin; ``None``: the bin centre, deterministic).  The noise is an argument rather than drawn inside
+    so that it can be drawn for the whole global batch and sliced per rank.  Float images are taken
+    to be preprocessed already and used as they are.
+    """
+    if x.is_floating_point():
+        return x.float()
+    from nfpi.density import preprocess
+
+    centre = preprocess(x, n_bits=n_bits, dequantize=False)  # (k + 0.5) / 2^n - 0.5
+    if noise is None:
+        return centre
+    # Same clamp as preprocess: stay strictly inside the bin after float rounding.
+    u = noise.to(centre.device, centre.dtype).clamp(max=1.0 - 1e-6)
+    return centre + (u - 0.5) / (2**n_bits)
+
+
+def training_inputs(
+    x: torch.Tensor, noise: torch.Tensor, flips: torch.Tensor, *, n_bits: int, hflip: bool
+) -> torch.Tensor:
+    """The flow's training input: dequantise, then mirror the images flagged in ``flips`` (if ``hflip``).
+
+    One function for the loop and for actnorm's data init, so both see the same distribution (a
+    per-pixel actnorm initialised on unflipped digits blows up on flipped ones).
+    """
+    x = dequantize_batch(x, noise, n_bits=n_bits)
+    if hflip:
+        x = torch.where(flips.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# Model state helpers
+
+
+class _EMA:
+    """Exponential moving average of a module's parameters (buffers are copied, not averaged)."""
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        self.module = copy.deepcopy(module).eval().requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, num_updates: int) -> None:
+        # Warm-started decay (TensorFlow's num_updates rule): early averages are not dominated by init.
+        d = min(self.decay, (1 + num_updates) / (10 + num_updates))
+        ema_p = [p for p in self.module.parameters()]
+        src_p = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(ema_p, src_p, 1.0 - d)
+        for b_ema, b in zip(self.module.buffers(), model.buffers()):
+            b_ema.copy_(b)
+
+
+def _tensor_digest(state: dict[str, Any] | None) -> str:
+    """Short content hash of a state dict's tensors (detects changed Gaussians between runs)."""
+    if not state:
+        return "none"
+    h = hashlib.sha256()
+    for k in sorted(state):
+        v = state[k]
+        h.update(k.encode())
+        if isinstance(v, torch.Tensor):
+            h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+                     if v.dim() else str(v.item()).encode())
+        else:
+            h.update(repr(v).encode())
+    return h.hexdigest()[:16]
+
+
+def _file_digest(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes (streamed): identifies the init checkpoint by content, not by path."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: init checkpoint not found (run the pretrain stage that writes it)")
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _data_digest(dataset: Dataset) -> str:
+    """Cheap content digest of a dataset: its size and 64 evenly spaced (image, label) pairs.
+
+    Hashing every image would cost a full pass over ImageNet; the sample catches a re-prepared or
+    different dataset, which is what would make a resume state stale.
+    """
+    n = len(dataset)
+    idx = torch.unique(torch.linspace(0, max(n - 1, 0), steps=min(64, n)).round().long())
+    x, y = load_batch(dataset, idx)
+    return _tensor_digest({"n": torch.tensor(n), "x": x.contiguous(), "y": y})
+
+
+def _fingerprint(cfg: TrainConfig, record: dict[str, Any] | None, dataset: Dataset, prior: Any,
+                 init_checkpoint: str | os.PathLike[str] | None) -> str:
+    """What a resume checkpoint must match: trajectory-relevant config, flow record, data, Gaussians, start weights."""
+    train = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _VOLATILE_FIELDS}
+    rec = {k: v for k, v in (record or {}).items() if k != "train"}  # the record's copy of cfg holds `steps`
+    return config_hash({
+        "train": train, "record": rec, "data": _data_digest(dataset),
+        "gaussians": _tensor_digest(prior.state_dict()) if prior is not None else "none",
+        "init": _file_digest(init_checkpoint) if init_checkpoint else None,
+    })
+
+
+def resume_path(out_path: str | os.PathLike[str]) -> Path:
+    """The rolling resume checkpoint for ``out_path``: ``<out>.resume/state.pt``.
+
+    A side folder, not ``out_path`` itself: Snakemake deletes the declared outputs of a failed job,
+    which would throw away the state a rerun should resume from.
+    """
+    out = Path(out_path)
+    return out.with_name(out.name + ".resume") / "state.pt"
+
+
+def _all_finite(module: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# The training loop
+
+
+def train_flow(
+    flow: nn.Module,
+    dataset: Dataset,
+    prior: Any,
+    cfg: TrainConfig,
+    *,
+    out_path: str | os.PathLike[str],
+    init_checkpoint: str | os.PathLike[str] | None = None,
+    config_record: dict[str, Any] | None = None,
+    metrics_path: str | os.PathLike[str] | None = None,
+) -> TrainResult:
+    """Train ``flow`` by maximum likelihood under ``prior`` (Eq. 1; class-conditional ``N(mu_y, v_y)``).
+
+    ``prior`` is a :class:`nfpi.density.ClassGaussianPrior` held fixed: the standard one for
+    pretraining, the solved Gaussians (Prop. 1) for fine-tuning.  ``init_checkpoint`` gives start
+    weights (the pretrained flow's EMA weights when fine-tuning); otherwise actnorm is initialised from
+    data on rank 0.  Writes the final ``kind="flow"`` checkpoint to ``out_path`` (model, EMA,
+    ``gaussians=prior.state_dict()``, and ``config`` = ``config_record`` + ``train`` + ``image_shape``
+    so :func:`load_trained_flow` can rebuild it), keeps a resume checkpoint at :func:`resume_path`
+    and resumes from it when its fingerprint (trajectory-relevant config, flow record, a data sample,
+    Gaussians, start weights) matches.  Every rank calls this function under ``torchrun``; only rank 0 writes files.
+    """
+    t_start = time.perf_counter()
+    info = ddp.init_distributed(cfg.device)
+    device, world, rank = info.device, info.world_size, info.rank
+    if cfg.batch_size % world:
+        raise ValueError(f"train.batch_size={cfg.batch_size} is not divisible by the {world} processes")
+    shard = cfg.batch_size // world
+    out_path = Path(out_path)
+    state_file = resume_path(out_path)
+    image_shape = tuple(int(s) for s in flow.image_shape)
+    num_dims = int(np.prod(image_shape))
+    order = _EpochOrder(len(dataset), cfg.batch_size, cfg.seed)
+    record = dict(config_record or {})
+    fingerprint = _fingerprint(cfg, record, dataset, prior, init_checkpoint)
+
+    flow = flow.to(device).train()
+    prior = prior.to(device)
+    opt_cls = torch.optim.Adamax if cfg.optimizer == "adamax" else torch.optim.Adam
+    # foreach: one kernel per op over all tensors (torch picks it on CUDA only; flows have many small tensors)
+    optimizer = opt_cls(flow.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg) / cfg.lr)
+    counters = {"rollbacks": 0, "skipped": 0, "last_loss": math.nan}
+
+    # -- state: resume > init checkpoint > data-dependent init -------------------------------------
+    start_step, ema = 0, None
+    resume = _try_resume(state_file, fingerprint, cfg.steps)
+    if resume is not None:
+        flow.load_state_dict(resume["model"])
+        ema = _EMA(flow, cfg.ema_decay)
+        ema.module.load_state_dict(resume["ema"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        restore_rng_state(resume["rng"])
+        start_step = int(resume["step"])
+        counters.update({k: resume["extra"].get(k, counters[k]) for k in counters})
+        counters["last_loss"] = math.nan if counters["last_loss"] is None else counters["last_loss"]
+        logger.info("resuming from %s at step %d/%d", state_file, start_step, cfg.steps)
+    else:
+        if init_checkpoint is not None:
+            ck = load_checkpoint(init_checkpoint, expected_kind="flow")
+            flow.load_state_dict(ck["ema"] if ck.get("ema") is not None else ck["model"])
+            logger.info("start weights: %s (%s weights, step %s)", init_checkpoint,
+                        "EMA" if ck.get("ema") is not None else "raw", ck.get("step"))
+        elif info.is_main:
+            # Actnorm data-dependent init on rank 0 only; the broadcast below makes all ranks identical.
+            idx = order.permutation(0)[: min(cfg.init_size, len(dataset))]
+            x, _ = load_batch(dataset, idx)
+            noise, flips = batch_noise(cfg.seed, 0, len(idx), image_shape, stream=_STREAM_INIT)
+            # Same input pipeline as the loop: per-pixel actnorm must be initialised on flipped images too.
+            x = training_inputs(x, noise, flips, n_bits=cfg.n_bits, hflip=cfg.hflip)
+            with torch.no_grad():
+                flow.data_init(x.to(device))
+            if not _all_finite(flow):  # a NaN here would poison every later step and the rollback target
+                raise ValueError(f"actnorm data init gave non-finite weights: the {len(idx)} init images (the "
+                                 "first of epoch 0's order) contain NaN/Inf or are constant; check the dataset")
+        ddp.broadcast_module(flow, src=0)
+        ema = _EMA(flow, cfg.ema_decay)
+    if world > 1:  # every rank read the resume file itself; a rank that could not would silently diverge
+        s = torch.tensor([float(start_step)], device=device)
+        if float(ddp.all_reduce_max(s)) != -float(ddp.all_reduce_max(-s)):
+            raise RuntimeError(f"ranks disagree on the resume state in {state_file} (is the folder on a "
+                               "filesystem all ranks see?); delete it to start fresh")
+
+    def save_resume(step: int) -> None:
+        if info.is_main:
+            save_checkpoint(
+                state_file, kind="resume", model=flow.state_dict(), ema=ema.module.state_dict(),
+                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), step=step,
+                rng=capture_rng_state(), gaussians=prior.state_dict(),
+                config={"fingerprint": fingerprint, "train": cfg, "record": record}, extra=dict(counters),
+            )
+        ddp.barrier()
+
+    if resume is None:
+        save_resume(start_step)  # the first rollback target (and no need to redo the data init on resume)
+
+    model: nn.Module = flow
+    if world > 1:
+        # Buffers (actnorm's `initialized` flags) never change after init: no per-forward buffer sync.
+        sync = ({"forward_sync_buffers": False}
+                if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+                else {"broadcast_buffers": False})
+        model = nn.parallel.DistributedDataParallel(
+            flow, device_ids=[device] if device.type == "cuda" else None, **sync
+        )
+    if cfg.compile:
+        model = torch.compile(model)  # type: ignore[assignment]
+
+    # -- the loop ---------------------------------------------------------------------------------
+    from nfpi.density import bits_per_dim
+
+    consecutive_bad = 0
+    win_loss = torch.zeros((), dtype=torch.float64, device=device)
+    win_gnorm = torch.zeros((), dtype=torch.float64, device=device)
+    win_steps, win_all, win_t0, steps_run = 0, 0, time.perf_counter(), 0
+    loop_t0 = time.perf_counter()
+    bar = progress(range(start_step, cfg.steps), initial=start_step, total=cfg.steps,
+                   desc=str(record.get("stage", "train")), disable=not info.is_main)
+    for step in bar:
+        # Global batch -> this rank's contiguous shard; noise/flips for the global batch, then sliced.
+        idx = order.batch(step)[rank * shard : (rank + 1) * shard]
+        x, y = load_batch(dataset, idx)
+        noise, flips = batch_noise(cfg.seed, step, cfg.batch_size, image_shape)
+        sl = slice(rank * shard, (rank + 1) * shard)
+        x = training_inputs(x, noise[sl], flips[sl], n_bits=cfg.n_bits, hflip=cfg.hflip)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        for group in optimizer.param_groups:  # scheduler is the record; lr is a pure function of step
+            group["lr"] = lr_at(step, cfg)
+
+        with autocast(device, cfg.precision):
+            z, logdet = model(x)
+        # -log p(x|y) in nats (Eq. 1 with N(mu_y, v_y)), as nfpi.density.flow_nll; the prior term is
+        # evaluated outside autocast so that under bf16 only the flow's convolutions run in low precision.
+        loss = -(prior.log_prob(z.float(), y) + logdet.float()).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+        gnorm = torch.nn.utils.clip_grad_norm_(flow.parameters(), max_norm, foreach=True)
+        # Every rank must take the same decision (DDP), so the flag is reduced with max.
+        bad = ddp.all_reduce_max((~torch.isfinite(loss) | ~torch.isfinite(gnorm)).float().reshape(1))
+        if bool(bad.item()):
+            optimizer.zero_grad(set_to_none=True)
+            consecutive_bad += 1
+            counters["skipped"] += 1
+            logger.warning("step %d: non-finite loss (%s) or gradient norm (%s); step skipped (%d in a row)",
+                           step, f"{loss.item():.4g}", f"{gnorm.item():.4g}", consecutive_bad)
+            if consecutive_bad >= cfg.max_nonfinite:
+                _rollback(flow, ema, optimizer, state_file, step, counters, cfg)
+                consecutive_bad = 0
+        else:
+            consecutive_bad = 0
+            optimizer.step()
+            ema.update(flow, step)
+            win_loss += loss.detach().double()
+            win_gnorm += gnorm.detach().double()
+            win_steps += 1
+        scheduler.step()
+        steps_run += 1
+        win_all += 1
+        done = step + 1
+
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            stats = ddp.all_reduce_mean(torch.stack([win_loss, win_gnorm]))
+            dt = time.perf_counter() - win_t0
+            n_ok = max(win_steps, 1)
+            loss_nats = float(stats[0]) / n_ok if win_steps else math.nan
+            counters["last_loss"] = loss_nats
+            bpd = float(bits_per_dim(torch.tensor(-loss_nats, dtype=torch.float64), num_dims, cfg.n_bits))
+            rec = {
+                "step": done, "loss": loss_nats, "bpd": bpd,
+                "lr": lr_at(step, cfg), "grad_norm": float(stats[1]) / n_ok if win_steps else math.nan,
+                "images_per_sec": cfg.batch_size * win_all / max(dt, 1e-9),
+                "elapsed": time.perf_counter() - t_start, "skipped": counters["skipped"],
+                "rollbacks": counters["rollbacks"],
+            }
+            if info.is_main:
+                if metrics_path is not None:
+                    append_jsonl(metrics_path, rec)
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{loss_nats:.3f}", bpd=f"{rec['bpd']:.3f}", refresh=False)
+                logger.info("step %d/%d  loss %.4f nats  %.4f bits/dim  lr %.2e  |g| %.3g  %.0f img/s",
+                            done, cfg.steps, loss_nats, rec["bpd"], rec["lr"], rec["grad_norm"], rec["images_per_sec"])
+            win_loss.zero_()
+            win_gnorm.zero_()
+            win_steps, win_all, win_t0 = 0, 0, time.perf_counter()
+
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            if not _all_finite(flow):  # never make a bad state the rollback target
+                _rollback(flow, ema, optimizer, state_file, step, counters, cfg)
+            else:
+                save_resume(done)
+    loop_s = time.perf_counter() - loop_t0
+
+    # -- final checkpoint -------------------------------------------------------------------------
+    final_step = max(start_step, cfg.steps)
+    if info.is_main:
+        final_config = {**record, "train": to_jsonable(cfg), "image_shape": list(image_shape)}
+        save_checkpoint(
+            out_path, kind="flow", model=flow.state_dict(), ema=ema.module.state_dict(),
+            gaussians=prior.state_dict(), step=final_step, config=final_config,
+            extra={"rollbacks": counters["rollbacks"], "skipped_steps": counters["skipped"],
+                   "final_loss": counters["last_loss"], "world_size": world},
+        )
+    ddp.barrier()
+    last = float(counters["last_loss"]) if counters["last_loss"] is not None else math.nan
+    return TrainResult(
+        steps=final_step,
+        final_loss=last,
+        final_bpd=float(bits_per_dim(torch.tensor(-last, dtype=torch.float64), num_dims, cfg.n_bits)),
+        images_per_sec=cfg.batch_size * steps_run / loop_s if steps_run and loop_s > 0 else 0.0,
+        rollbacks=int(counters["rollbacks"]),
+        skipped_steps=int(counters["skipped"]),
+        wall_s=time.perf_counter() - t_start,
+        resumed_from=start_step,
+    )
+
+
+def _try_resume(state_file: Path, fingerprint: str, steps: int) -> dict[str, Any] | None:
+    """Load the resume checkpoint if it exists, is readable, matches ``fingerprint`` and is not past ``steps``."""
+    if not state_file.exists():
+        return None
+    try:
+        ck = load_checkpoint(state_file, expected_kind="resume")
+    except CheckpointError as exc:
+        logger.warning("ignoring unreadable resume checkpoint (%s); starting fresh", exc)
+        return None
+    if (ck.get("config") or {}).get("fingerprint") != fingerprint:
+        logger.warning("%s: written under another config (fingerprint differs); starting fresh", state_file)
+        return None
+    if int(ck["step"]) > steps:
+        logger.warning("%s: at step %d, past train.steps=%d; starting fresh", state_file, ck["step"], steps)
+        return None
+    return ck
+
+
+def _rollback(flow: nn.Module, ema: _EMA, optimizer: torch.optim.Optimizer, state_file: Path, step: int,
+              counters: dict[str, Any], cfg: TrainConfig) -> None:
+    """Restore weights, EMA and optimiser from the last good checkpoint; keep the step (skip the bad batches)."""
+    counters["rollbacks"] += 1
+    if counters["rollbacks"] > cfg.max_rollbacks:
+        raise RuntimeError(
+            f"training diverged: {counters['rollbacks'] - 1} rollbacks to {state_file} did not help "
+            f"(train.max_rollbacks={cfg.max_rollbacks}); lower train.lr or check the data for NaN/Inf"
+        )
+    ck = load_checkpoint(state_file, expected_kind="resume")
+    flow.load_state_dict(ck["model"])
+    ema.module.load_state_dict(ck["ema"])
+    optimizer.load_state_dict(ck["optimizer"])
+    ddp.broadcast_module(flow, src=0)
+    logger.warning("step %d: rolled back to the last good checkpoint %s (step %d), rollback %d/%d; "
+                   "continuing at step %d past the offending batches",
+                   step, state_file, ck["step"], counters["rollbacks"], cfg.max_rollbacks, step + 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading a trained flow
+
+
+def load_trained_flow(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu",
+                      use_ema: bool = True) -> TrainedFlow:
+    """Rebuild a trained flow from a ``kind="flow"`` checkpoint via :func:`nfpi.flows.build_flow`.
+
+    The EMA weights are loaded by default (the paper evaluates and samples with them); the class
+    Gaussians stored with the flow come back as a :class:`nfpi.density.ClassGaussianPrior`.
+    """
+    from nfpi.density import ClassGaussianPrior
+    from nfpi.flows import FlowConfig, build_flow
+
+    ckpt = load_checkpoint(path, map_location=map_location, expected_kind="flow")
+    config = ckpt.get("config") or {}
+    if "flow" not in config or "image_shape" not in config:
+        raise CheckpointError(f"{path}: checkpoint config lacks 'flow' / 'image_shape'; it cannot be rebuilt "
+                              "(write it with nfpi.training.train_flow and a config_record holding 'flow')")
+    flow_cfg = from_mapping(FlowConfig, config["flow"], where=f"{path}: config.flow")
+    image_shape = tuple(int(s) for s in config["image_shape"])
+    flow = build_flow(flow_cfg, image_shape=image_shape)
+    weights = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
+    try:
+        flow.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the flow rebuilt from its config (the flow code or "
+                              f"config changed since it was written; retrain it): {exc}") from exc
+    flow.to(map_location).eval()
+    prior = ClassGaussianPrior.from_state_dict(ckpt["gaussians"]) if ckpt.get("gaussians") else None
+    if prior is not None:
+        prior = prior.to(map_location)
+    return TrainedFlow(flow=flow, prior=prior, config=config, image_shape=image_shape)  # type: ignore[arg-type]

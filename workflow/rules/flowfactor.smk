@@ -1,0 +1,38 @@
+# Stage: factorize (flow-factorized latent transformations, Song et al. 2023): one learned potential per
+# pixel-space transformation (rotation, scale, intensity) in the latent space of a trained flow
+# (flowfactor.flow: "nfpi" -> flows/nfpi.pt, "pretrain" -> flows/pretrain.pt); equivariance, composition,
+# extrapolation, sequence likelihood and a classifier augmentation comparison (docs/flowfactor.md).
+# Opt out with experiments.flowfactor: false.
+
+
+def _flowfactor_flow():
+    return config["flowfactor"].get("flow", "nfpi")
+
+
+rule flowfactor:
+    input:
+        flow=f"{R}/flows/{_flowfactor_flow()}.pt",
+        meta=f"{R}/data/meta.json",
+    output:
+        metrics=f"{R}/flowfactor/metrics.json",
+        config=f"{R}/flowfactor/config.json",
+        potentials=f"{R}/flowfactor/potentials.pt",
+        history=f"{R}/flowfactor/history.json",
+        table_md=f"{R}/tables/flowfactor.md",
+        table_csv=f"{R}/tables/flowfactor.csv",
+        figure=f"{R}/figures/flowfactor_trajectories.png",
+    params:
+        cfg=lambda wc: slices(flowfactor=config["flowfactor"]),
+        chash=lambda wc: (lineage_hash(config, "nfpi", "flowfactor") if _flowfactor_flow() == "nfpi"
+                          else lineage_hash(config, None, "flowfactor")),
+        out=f"{R}/flowfactor",
+        tables=f"{R}/tables",
+    log:
+        f"{R}/logs/flowfactor.log",
+    threads: config["threads"]["other"]
+    resources:
+        **cpu_resources("cpu"),
+    shell:
+        "{PY} -m nfpi.factorize --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
+        " --flow {input.flow} --data-dir $(dirname {input.meta}) --out-dir {params.out}"
+        " --tables-dir {params.tables} --figure {output.figure} > {log} 2>&1"
