@@ -5,9 +5,13 @@
         --out-dir results/R/flowfactor --tables-dir results/R/tables \
         --figure results/R/figures/flowfactor_trajectories.png
 
-Learns one time-conditioned potential per pixel-space transformation (rotation, scale, intensity)
-on the frozen flow's latents of transformed training sequences (:mod:`nfpi.flowfactor`), then
-reports on held-out test images:
+First (``flowfactor.adapt_steps > 0``, the default) makes the flow transformation-aware: a copy of
+``--flow`` is fine-tuned with the pipeline's training loop on the training images plus randomly
+transformed copies (:func:`adapt_flow`; a flow trained on plain digits only rates rotated digits at
+thousands of bits/dim and no latent field can follow rotation or zoom there), written to
+``<out-dir>/adapted_flow.pt`` (resumable).  Then learns one time-conditioned potential per
+pixel-space transformation (rotation, scale, intensity) on the (adapted, frozen) flow's latents of
+transformed training sequences (:mod:`nfpi.flowfactor`), and reports on held-out test images:
 
 - equivariance error per transformation (pixel MSE of ``f^{-1}(flow_k^n(f(x)))`` against the true
   ``T_k^n(x)``, steps ``1..T``), against no flow and against a constant latent shift;
@@ -19,7 +23,9 @@ reports on held-out test images:
   real images alone, + pixel-space transformations, + images moved along the learned fields,
   + NFPI's PCA mixup (``nfpi.augment``), tested on the clean and on a transformed test set.
 
-Writes ``<out-dir>/metrics.json`` (+ ``config.json``, ``potentials.pt``, ``history.json``), the
+Writes ``<out-dir>/metrics.json`` (+ ``config.json``, ``potentials.pt``, ``history.json``; with
+adaptation ``adapted_flow.pt``, ``adapt.jsonl``, and in metrics ``flow_used`` and ``adaptation``: the
+held-out bits/dim of plain and transformed images before and after), the
 table ``<tables-dir>/flowfactor.{md,csv}`` and the trajectory figure, all atomically.
 """
 
@@ -142,6 +148,77 @@ def identification(bank: ff.PotentialBank, latents: Tensor, cfg: ff.FlowFactorCo
 
 
 # ----------------------------------------------------------------------------------------------
+# Transformation-aware flow
+# ----------------------------------------------------------------------------------------------
+
+
+def adapt_flow(flow_path: str | Path, train_x: Tensor, train_y: Tensor, cfg: ff.FlowFactorConfig, out_path: Path,
+               *, metrics_path: Path | None = None) -> dict[str, Any]:
+    """Fine-tune a copy of the trained flow at ``flow_path`` on plain + randomly transformed training images.
+
+    A flow trained on plain digits only has never seen ink in the border pixels that rotation and
+    zoom fill: it rates rotated digits at thousands of bits/dim and decoding latents near theirs gives
+    saturated images, so no latent field can follow the transformation (docs/flowfactor.md).  The
+    adaptation set is the training images plus ``adapt_copies`` copies of each under one random
+    transformation by a real amount in ``[0, adapt_range * steps]`` (:func:`ff.random_transform_copies`);
+    the loop is the pipeline's own :func:`nfpi.training.train_flow` (Eq. 1 with the flow's own prior,
+    the class Gaussians of ``flows/nfpi.pt`` or N(0, I)), started from the input flow's EMA weights.
+    It writes ``out_path`` (a ``kind="flow"`` checkpoint) and resumes from ``<out_path>.resume/``
+    after an interruption (the fingerprint covers the config, the adaptation set and the input flow's
+    bytes, so a changed input starts afresh).  Returns the :class:`nfpi.training.TrainResult` as a dict.
+    """
+    from torch.utils.data import TensorDataset
+
+    from nfpi.density import ClassGaussianPrior
+    from nfpi.training import TrainConfig, load_trained_flow, resume_path, train_flow
+
+    if metrics_path is not None and metrics_path.exists() and not resume_path(out_path).exists():
+        metrics_path.unlink()  # a fresh adaptation: do not append to an earlier run's curve
+    trained = load_trained_flow(flow_path)
+    num_classes = int(train_y.max()) + 1
+    prior = trained.prior if trained.prior is not None else ClassGaussianPrior.standard(num_classes, train_x[0].numel())
+    gen = torch.Generator().manual_seed(cfg.seed + 4242)
+    tx, ty = ff.random_transform_copies(train_x, train_y, cfg, copies=cfg.adapt_copies,
+                                        max_amount=cfg.adapt_range * cfg.steps, generator=gen)
+    dataset = TensorDataset(torch.cat([train_x, tx]), torch.cat([train_y, ty]).long())
+    tcfg = TrainConfig(
+        steps=cfg.adapt_steps, batch_size=min(cfg.adapt_batch_size, len(dataset)), lr=cfg.adapt_lr,
+        warmup_steps=max(1, cfg.adapt_steps // 10), optimizer="adamax",
+        ema_decay=0.99,  # a short run: the EMA must follow the adaptation, not average in the input weights
+        checkpoint_every=max(1, cfg.adapt_steps // 3), log_every=max(1, min(50, cfg.adapt_steps)), seed=cfg.seed,
+        device="cpu",  # the stage's other work is CPU-bound and small (digits); latents stay on the CPU
+    )
+    record = {k: v for k, v in trained.config.items() if k not in ("train", "image_shape")}
+    record.update({"stage": "factorize-adapt", "adapted_from": str(flow_path),
+                   "adaptation": {k: getattr(cfg, k) for k in ("transformations", "rotate_deg", "scale_step",
+                                                                "intensity_step", "steps", "adapt_copies",
+                                                                "adapt_range")}})
+    log.info("adapting %s: %d steps on %d images (%d plain + %d transformed)", flow_path, cfg.adapt_steps,
+             len(dataset), len(train_x), len(tx))
+    res = train_flow(trained.flow.float().cpu(), dataset, prior, tcfg, out_path=out_path,
+                     init_checkpoint=str(flow_path), config_record=record, metrics_path=metrics_path)
+    return dataclasses.asdict(res)
+
+
+def bits_per_dim(codec: ff.LatentCodec, images: Tensor) -> Tensor:
+    """Bits/dim of each uint8 image under ``codec`` ``[N]`` (label-free: the prior's equal-weight class
+    mixture; mid-bin dequantisation, 8-bit data)."""
+    D = images[0].numel()
+    lp = codec.log_prob(ff.images_to_unit(images)).double()
+    return (-lp / D + np.log(256.0)) / np.log(2.0)
+
+
+def flow_bpd(codec: ff.LatentCodec, images: Tensor, cfg: ff.FlowFactorConfig) -> dict[str, float]:
+    """Bits/dim of held-out images, plain and each under one random transformation for 1..T steps: the mean
+    and the median over images (a few out-of-distribution images can dominate the mean)."""
+    tx, _ = ff.pixel_augment(images, torch.zeros(len(images), dtype=torch.long), cfg, per_image=1,
+                             generator=torch.Generator().manual_seed(cfg.seed + 99))
+    plain, trans = bits_per_dim(codec, images), bits_per_dim(codec, tx)
+    return {"plain": float(plain.mean()), "transformed": float(trans.mean()),
+            "plain_median": float(plain.median()), "transformed_median": float(trans.median())}
+
+
+# ----------------------------------------------------------------------------------------------
 # Figure and table
 # ----------------------------------------------------------------------------------------------
 
@@ -208,6 +285,13 @@ def build_table(metrics: dict[str, Any]) -> tuple[str, str]:
     for name, m in metrics["likelihood"].items():
         rows.append(("bits/dim at step T", name, f"{m['bpd_evolved'][-1]:.3f}", f"{m['bpd_flow'][-1]:.3f}",
                      f"step 0: {m['bpd_flow'][0]:.3f}"))
+    ad = metrics.get("adaptation")
+    if ad:
+        for key in ("plain", "transformed"):
+            after, before = ad["heldout_bpd_after"], ad["heldout_bpd_before"]
+            rows.append(("flow bits/dim, held-out " + key, "adapted / input flow", f"{after[key]:.3f}",
+                         f"{before[key]:.3f}", f"medians {after[key + '_median']:.3f} / {before[key + '_median']:.3f}; "
+                         f"{ad['steps']} adaptation steps"))
     ident = metrics["identification"]
     rows.append(("identification accuracy", metrics["config"]["mode"], f"{100 * ident['accuracy']:.1f}",
                  f"{100 / len(eq):.1f}", "chance"))
@@ -217,7 +301,9 @@ def build_table(metrics: dict[str, Any]) -> tuple[str, str]:
                      f"{100 * m['transformed_mean']:.1f} ± {100 * m['transformed_std']:.1f}", ""))
     head = ("section", "item", "learned flow", "no flow / flow prior", "linear shift / note")
     md = ["# Flow-factorized latent transformations (Song et al. 2023) on the NF latent space", "",
-          f"Flow: `{metrics['inputs']['flow']}`; mode `{metrics['config']['mode']}`; "
+          f"Flow: `{metrics.get('flow_used') or metrics['inputs']['flow']}`"
+          + (f" (adapted from `{metrics['inputs']['flow']}`)" if metrics.get("adaptation") else "")
+          + f"; mode `{metrics['config']['mode']}`; "
           f"T = {metrics['config']['steps']} steps; held-out test images: {metrics['eval_images']}; "
           f"training {metrics['train_seconds']:.1f} s. Errors: pixel MSE in [0, 1] units (lower is better). "
           "Bits/dim: learned evolved prior vs the flow's own density. Classifier rows: column 3 clean test, "
@@ -259,17 +345,34 @@ def main(argv: list[str] | None = None) -> int:
     train_x, train_y = ff.numpy_images(data.images("train")), torch.from_numpy(np.array(data.labels("train")))
     test_x, test_y = ff.numpy_images(data.images("test")), torch.from_numpy(np.array(data.labels("test")))
     shape = tuple(int(s) for s in train_x.shape[1:])
-    codec: ff.LatentCodec
-    if args.flow == "identity":  # diagnostic: the same method on pixel space (a perfectly conditioned "flow")
-        codec = ff.IdentityCodec(shape)  # type: ignore[arg-type]
-    else:
-        codec = ff.codec_from_trained(args.flow, shape)  # type: ignore[arg-type]
-    if cfg.latent_coords == "asinh":
-        codec = ff.AsinhCodec(codec, cfg.latent_scale)
+    out = Path(args.out_dir)
     rng = np.random.default_rng(cfg.seed)
     tr_idx = torch.from_numpy(np.sort(rng.permutation(len(train_x))[: cfg.train_sequences]))
     ev_idx = torch.from_numpy(np.sort(rng.permutation(len(test_x))[: cfg.eval_images]))
     params = cfg.params()
+    codec: ff.LatentCodec
+    adaptation: dict[str, Any] | None = None
+    used_flow = str(args.flow)
+    if args.flow == "identity":  # diagnostic: the same method on pixel space (a perfectly conditioned "flow")
+        codec = ff.IdentityCodec(shape)  # type: ignore[arg-type]
+    else:
+        codec = ff.codec_from_trained(args.flow, shape)  # type: ignore[arg-type]
+        if cfg.adapt_steps > 0:
+            t_ad = time.perf_counter()
+            before = flow_bpd(codec, test_x[ev_idx], cfg)
+            used_flow = str(out / "adapted_flow.pt")
+            result = adapt_flow(args.flow, train_x, train_y, cfg, Path(used_flow),
+                                metrics_path=out / "adapt.jsonl")
+            codec = ff.codec_from_trained(used_flow, shape)  # type: ignore[arg-type]
+            after = flow_bpd(codec, test_x[ev_idx], cfg)
+            adaptation = {"input_flow": str(args.flow), "adapted_flow": used_flow, "steps": cfg.adapt_steps,
+                          "train": result, "heldout_bpd_before": before, "heldout_bpd_after": after,
+                          "seconds": time.perf_counter() - t_ad}
+            log.info("adapted flow: held-out bits/dim plain %.3f -> %.3f, transformed %.3f -> %.3f (%.1f s)",
+                     before["plain"], after["plain"], before["transformed"], after["transformed"],
+                     adaptation["seconds"])
+    if cfg.latent_coords == "asinh":
+        codec = ff.AsinhCodec(codec, cfg.latent_scale)
 
     seqs = ff.make_sequences(train_x[tr_idx], cfg.transformations, cfg.steps, params)
     lat = ff.encode_sequences(codec, seqs)
@@ -292,7 +395,6 @@ def main(argv: list[str] | None = None) -> int:
         log.info("equivariance %s: flow %.5f no-flow %.5f linear %.5f | extrapolated flow %.5f no-flow %.5f",
                  name, m["flow"], m["noflow"], m["linear"], m["flow_extrap"] or float("nan"), m["noflow_extrap"] or float("nan"))
 
-    out = Path(args.out_dir)
     with atomic_path(out / "potentials.pt", suffix=".pt") as tmp:
         torch.save({"format": "nfpi-flowfactor", "version": 1, "state_dict": bank.state_dict(),
                     "names": list(cfg.transformations), "num": bank.num, "dim": bank.dim, "config": dataclasses.asdict(cfg)}, tmp)
@@ -301,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     metrics = {
         "stage": "factorize",
         "inputs": {"flow": str(args.flow), "data": str(args.data_dir)},
+        "flow_used": used_flow,
+        "adaptation": adaptation,
         "config": cfg,
         "train_seconds": res.seconds,
         "eval_images": int(len(ev_idx)),

@@ -82,6 +82,7 @@ __all__ = [
     "sequence_likelihood",
     "augment_along_fields",
     "pixel_augment",
+    "random_transform_copies",
     "images_to_unit",
     "unit_to_images",
     "numpy_images",
@@ -148,7 +149,7 @@ class FlowFactorConfig:
     logdet: Literal["auto", "exact", "hutchinson"] = "auto"
     """Density change estimator in evaluation: exact log det(I + h H) or Hutchinson; ``auto`` = exact iff d <= exact_max_dim."""
     train_logdet: Literal["auto", "exact", "hutchinson"] = "hutchinson"
-    """Density change estimator inside the training loss (exact: d Hessian rows per point; a step ~6x slower at d=64)."""
+    """Density change estimator inside the training loss (exact: d Hessian rows per point; a step ~5x slower at d=64)."""
     hj_points: int = 64
     """HJ collocation points per potential and optimiser step (sampled from the rollout, plus as many at random times)."""
     exact_max_dim: int = 64
@@ -175,6 +176,21 @@ class FlowFactorConfig:
     """Principal axes per class for the NFPI PCA-mixup comparison."""
     pca_beta_max: float = 0.5
     """Mixup strength upper bound beta_max for the NFPI PCA-mixup comparison."""
+    adapt_steps: int = 300
+    """Make the flow transformation-aware first: fine-tune a copy of the input flow for this many steps
+    (``nfpi.training.train_flow``, its own prior) on the training images plus ``adapt_copies`` randomly
+    transformed copies of each, then learn the potentials in the adapted flow's latent space.  0: use the
+    input flow as it is (a flow trained on plain digits rates rotated/zoomed digits at ~7700 bits/dim and
+    its latent flows are worse than no flow; docs/flowfactor.md)."""
+    adapt_lr: float = 1e-2
+    """Peak Adamax learning rate of the adaptation (linear warmup over its first 10% of steps; the paper's 1e-2)."""
+    adapt_batch_size: int = 64
+    """Images per adaptation step (plain and transformed mixed)."""
+    adapt_copies: int = 3
+    """Transformed copies per training image in the adaptation set (each: one random transformation)."""
+    adapt_range: float = 1.0
+    """Adaptation amounts are drawn uniformly in ``[0, adapt_range * steps]`` transformation steps (real-valued);
+    1.0 = the range the potentials are trained on (extrapolated steps stay unseen by the flow)."""
     seed: int = 0
     """Seed of the data subsets, initialisation, batches and probes."""
 
@@ -187,13 +203,16 @@ class FlowFactorConfig:
             )
         for key in ("steps", "substeps", "hj_points", "quadratic_max_dim", "hidden", "depth", "train_sequences",
                     "batch_size", "iterations", "eval_images", "extrapolate_factor", "hutchinson_probes",
-                    "hutchinson_order", "exact_max_dim", "classifier_train_size", "pca_axes", "augment_per_image"):
+                    "hutchinson_order", "exact_max_dim", "classifier_train_size", "pca_axes", "augment_per_image",
+                    "adapt_batch_size", "adapt_copies"):
             if getattr(self, key) < 1:
                 raise ValueError(f"config key 'flowfactor.{key}': must be >= 1, got {getattr(self, key)}")
         for key in ("hj_weight", "init_weight", "density_weight", "weak_balance", "pca_beta_max"):
             if getattr(self, key) < 0:
                 raise ValueError(f"config key 'flowfactor.{key}': must be >= 0, got {getattr(self, key)}")
-        for key in ("lr", "latent_scale", "weak_temperature", "scale_step", "intensity_step"):
+        if self.adapt_steps < 0:
+            raise ValueError(f"config key 'flowfactor.adapt_steps': must be >= 0 (0: no adaptation), got {self.adapt_steps}")
+        for key in ("lr", "latent_scale", "weak_temperature", "scale_step", "intensity_step", "adapt_lr", "adapt_range"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"config key 'flowfactor.{key}': must be > 0, got {getattr(self, key)}")
 
@@ -996,6 +1015,27 @@ def pixel_augment(images: Tensor, labels: Tensor, cfg: FlowFactorConfig, *, per_
         m = k == i
         if m.any():
             out[m] = transform_images(x[m], name, n[m], cfg.params())
+    return out, y
+
+
+def random_transform_copies(images: Tensor, labels: Tensor, cfg: FlowFactorConfig, *, copies: int,
+                            max_amount: float, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """``copies`` transformed copies of every image: each a uniformly drawn transformation of
+    ``cfg.transformations`` by a real amount drawn uniformly in ``[0, max_amount]`` steps; labels kept.
+
+    The adaptation set of a transformation-aware flow (``factorize.adapt_flow``): unlike
+    :func:`pixel_augment` (integer ``1..T``) the amounts are continuous, so the flow sees the whole
+    path between the sequence frames the potentials are trained on.  Returns uint8 ``[N * copies, C, H, W]``.
+    """
+    x = images.repeat(copies, 1, 1, 1)
+    y = labels.repeat(copies)
+    k = torch.randint(0, len(cfg.transformations), (x.shape[0],), generator=generator)
+    a = torch.rand(x.shape[0], generator=generator) * max_amount
+    out = x.clone()
+    for i, name in enumerate(cfg.transformations):  # K (<= 3) batched calls, not a per-image loop
+        m = k == i
+        if m.any():
+            out[m] = transform_images(x[m], name, a[m], cfg.params())
     return out, y
 
 

@@ -95,10 +95,25 @@ def _field_comments(cls: type) -> dict[str, str]:
     except (OSError, TypeError):
         return {}
     out: dict[str, str] = {}
-    for line in src.splitlines():
+    lines = src.splitlines()
+    q = '"' * 3
+    for i, line in enumerate(lines):
         m = re.match(r"\s+(\w+)\s*:\s*[^=#]+(?:=[^#]*)?#\s*(.+)$", line)
         if m:
             out[m.group(1)] = m.group(2).strip()
+            continue
+        # Or an attribute docstring right after the field line: ``name: T = v`` then a triple-quoted text.
+        m = re.match(r"\s+(\w+)\s*:\s*[^=]+=.*$", line)
+        if not m or i + 1 >= len(lines) or not lines[i + 1].strip().startswith(q):
+            continue
+        parts: list[str] = []
+        for nxt in lines[i + 1:]:
+            parts.append(nxt.strip())
+            if len(parts) == 1 and nxt.strip().endswith(q) and len(nxt.strip()) > 3:
+                break
+            if len(parts) > 1 and nxt.strip().endswith(q):
+                break
+        out[m.group(1)] = " ".join(" ".join(parts).replace(q, " ").split())
     return out
 
 

@@ -20,6 +20,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(360
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_CONFIG = ROOT / ".test" / "config" / "config.yaml"
+# the whole tiny workflow unless CI names a smaller target (see test_slurm.py)
+TARGET = os.environ.get("NFPI_IT_TARGET", "all")
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +29,14 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if os.geteuid() != 0 and shutil.which("podman") is None:
         pytest.skip("needs podman (scripts/container-test installs it when run as root)")
     out = tmp_path_factory.mktemp("container-results")
-    env = dict(os.environ, RESULTS=str(out), CONFIGFILE=".test/config/config.yaml", TARGET="all")
+    env = dict(os.environ, RESULTS=str(out), CONFIGFILE=".test/config/config.yaml", TARGET=TARGET)
     proc = subprocess.run(
         [str(ROOT / "scripts" / "container-test")], cwd=ROOT, env=env, text=True, capture_output=True, timeout=3500
     )
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-8000:]
+    out_text = proc.stdout + proc.stderr
+    # the first failing job's report (Snakemake prints it once; the tail is mostly shutdown noise)
+    first_error = out_text.find("Error in rule")
+    assert proc.returncode == 0, (out_text[first_error : first_error + 6000] if first_error >= 0 else "") + out_text[-4000:]
     return out
 
 
@@ -39,8 +44,9 @@ def test_tiny_workflow_results_arrive_on_the_volume(results: Path) -> None:
     run = yaml.safe_load(TINY_CONFIG.read_text())["run"]
     base = results / run
     assert (base / "data" / "meta.json").is_file(), sorted(p.name for p in results.rglob("*"))[:50]
-    assert (base / "tables" / "README.md").is_file()
-    assert any((base / "metrics").glob("*.json"))
+    if TARGET == "all":
+        assert (base / "tables" / "README.md").is_file()
+        assert any((base / "metrics").glob("*.json"))
 
 
 def test_results_are_written_by_the_unprivileged_user(results: Path) -> None:

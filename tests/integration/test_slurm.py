@@ -36,6 +36,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SLURM_LOCAL = ROOT / "scripts" / "slurm-local"
 STATE = ROOT / ".slurm-local"
 TINY_CONFIG = ".test/config/config.yaml"
+# The whole tiny workflow by default; CI may name a smaller target (e.g. results/tiny/metrics/nfpi.json)
+# when its time budget is tight.
+TARGET = os.environ.get("NFPI_IT_TARGET", "all")
 # Status polling: the profile's 10 s first poll is right for a real cluster; the tests only shorten it
 # (the plugin keeps squeue as long as MinJobAge >= 3 x this value; the local cluster has 300 s).
 FAST_POLL = ["--slurm-init-seconds-before-status-checks", "3"]
@@ -161,7 +164,7 @@ def _jobs(output: str) -> dict[str, tuple[str, list[str]]]:
 
 def test_tiny_workflow_runs_every_job_as_a_slurm_job(cluster: None, project_copy: Path) -> None:
     # target first: --configfile takes several values and would swallow a target written after it
-    run = snakemake(project_copy, "all", "--configfile", TINY_CONFIG)
+    run = snakemake(project_copy, TARGET, "--configfile", TINY_CONFIG)
     assert run.returncode == 0, run.output[-6000:]
 
     submitted = {m.group(1): (m.group(2), Path(m.group(3))) for m in SUBMITTED_RE.finditer(run.output)}
@@ -188,6 +191,29 @@ def test_tiny_workflow_runs_every_job_as_a_slurm_job(cluster: None, project_copy
     # one workflow run = one SLURM job name (the run id the plugin polls squeue by)
     names = {queue[submitted[j][0]][1] for j in jobs}
     assert len(names) == 1, names
+
+
+def test_two_gpu_training_job_launches_torchrun_with_two_processes(cluster: None, project_copy: Path) -> None:
+    """resources.gpus: 2 -> the training rule asks SLURM for --gpus=2 and starts torchrun with 2 processes.
+
+    The fake GPUs have no device behind them, so the two ranks fall back to CPU (gloo): the same code path
+    as on a GPU node, minus CUDA.
+    """
+    import yaml
+
+    run_name = yaml.safe_load((project_copy / TINY_CONFIG).read_text())["run"]
+    target = f"results/{run_name}/flows/pretrain.pt"
+    # a second config file on top of the tiny one (--config cannot set a nested integer)
+    two_gpus = project_copy / "two_gpus.yaml"
+    two_gpus.write_text("resources:\n  gpus: 2\n")
+    run = snakemake(project_copy, target, "--configfile", TINY_CONFIG, str(two_gpus), "--forcerun", "pretrain")
+    assert run.returncode == 0, run.output[-6000:]
+    assert "torchrun --standalone --nproc_per_node=2" in run.output
+    assert "gpu=2" in run.output  # the job's resources as Snakemake submitted them
+    log = (project_copy / f"results/{run_name}/logs/pretrain.log").read_text()
+    assert re.search(r"rank \d/2", log), log[-3000:]
+    (slurm_id,) = [m.group(2) for m in SUBMITTED_RE.finditer(run.output)]
+    assert JOB_ID_IN_LOG_RE.findall(log)[0] == slurm_id
 
 
 FAILING = r'''

@@ -2,6 +2,10 @@
 # pixel-space transformation (rotation, scale, intensity) in the latent space of a trained flow
 # (flowfactor.flow: "nfpi" -> flows/nfpi.pt, "pretrain" -> flows/pretrain.pt); equivariance, composition,
 # extrapolation, sequence likelihood and a classifier augmentation comparison (docs/flowfactor.md).
+# By default (flowfactor.adapt_steps > 0) the stage first fine-tunes a copy of that flow on the training images
+# plus randomly transformed copies (nfpi.training.train_flow) and works in the adapted flow's latent space; the
+# adapted checkpoint is flowfactor/adapted_flow.pt (not a declared output: its resume state
+# flowfactor/adapted_flow.pt.resume/ survives a failed job, so a rerun does not repeat the adaptation).
 # Opt out with experiments.flowfactor: false.
 
 
