@@ -23,6 +23,12 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 include: "workflow/rules/common.smk"
 
 
+# Under the SLURM executor, check every job's partition / GPUs / memory against `sinfo` before the
+# first sbatch (a missing partition or a GPU rule on a GPU-less cluster fails here, clearly).
+onstart:
+    slurm_preflight(workflow)
+
+
 rule all:
     input:
         all_targets(),

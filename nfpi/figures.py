@@ -91,7 +91,7 @@ def tsne_panels(
     for ax, (name, pts, lab) in zip(axes[0], panels):
         for c in all_labels:
             m = lab == c
-            ax.scatter(pts[m, 0], pts[m, 1], s=3, color=colours[int(c)], alpha=0.7, linewidths=0)
+            ax.scatter(pts[m, 0], pts[m, 1], s=6, color=colours[int(c)], alpha=0.7, linewidths=0)
         ax.set_title(name, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])

@@ -32,7 +32,7 @@ def _run(args: list[str], cwd: Path, check: bool = True) -> subprocess.Completed
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     wd = tmp_path_factory.mktemp("wf")
-    _run(["--cores", "2", "--configfile", str(TINY), "all"], wd)
+    _run(["all", "--cores", "2", "--configfile", str(TINY)], wd)
     return wd
 
 
@@ -57,7 +57,7 @@ def test_editing_lambda_reruns_only_its_descendants(tiny_run: Path) -> None:
     cfg["fpi"]["lam"] = 55.0
     edited = tiny_run / "edited.yaml"
     edited.write_text(yaml.safe_dump(cfg))
-    out = _run(["-n", "--cores", "2", "--configfile", str(edited), "--quiet", "rules", "all"], tiny_run).stdout
+    out = _run(["all", "-n", "--cores", "2", "--quiet", "rules", "--configfile", str(edited)], tiny_run).stdout
     jobs = {line.split()[0] for line in out.splitlines() if line.strip() and not line.startswith(("job", "-", "total"))}
     assert "solve" in jobs and "finetune" in jobs and "tabulate" in jobs
     assert not jobs & {"prepare", "pretrain"}, jobs
@@ -66,7 +66,7 @@ def test_editing_lambda_reruns_only_its_descendants(tiny_run: Path) -> None:
 def test_misspelt_key_fails_before_any_job(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("run: bad\nfpi:\n  lamda: 3.0\n")
-    proc = _run(["--cores", "1", "--configfile", str(bad), "all"], tmp_path, check=False)
+    proc = _run(["all", "--cores", "1", "--configfile", str(bad)], tmp_path, check=False)
     assert proc.returncode != 0
     assert "lamda" in proc.stderr
     assert not (tmp_path / "results").exists()

@@ -208,7 +208,8 @@ def test_two_gpu_training_job_launches_torchrun_with_two_processes(cluster: None
     two_gpus.write_text("resources:\n  gpus: 2\n")
     run = snakemake(project_copy, target, "--configfile", TINY_CONFIG, str(two_gpus), "--forcerun", "pretrain")
     assert run.returncode == 0, run.output[-6000:]
-    assert "torchrun --standalone --nproc_per_node=2" in run.output
+    # torchrun, or its module form `python -m torch.distributed.run` (the same launcher)
+    assert re.search(r"(torchrun|-m torch\.distributed\.run) --standalone --nproc_per_node=2", run.output), run.output[-3000:]
     assert "gpu=2" in run.output  # the job's resources as Snakemake submitted them
     log = (project_copy / f"results/{run_name}/logs/pretrain.log").read_text()
     assert re.search(r"rank \d/2", log), log[-3000:]

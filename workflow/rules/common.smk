@@ -1,10 +1,14 @@
 # Shared definitions: config validation, the run's results folder, settings, config slices,
 # resources and the launcher (python, or torchrun with one process per GPU).
 import json
+import os
 import shlex
 import sys
 
 from snakemake.utils import validate
+
+sys.path.insert(0, os.path.join(workflow.basedir, "profiles", "slurm"))
+from preflight import check_workflow as slurm_preflight  # noqa: E402
 
 from nfpi.config import from_mapping
 from nfpi.experiments import lineage_hash, settings_from_config, table_settings

@@ -11,7 +11,7 @@ rule pretrain:
     params:
         cfg=lambda wc: slices(flow=config["flow"], train=config["pretrain"]),
         chash=lambda wc: lineage_hash(config),
-        launch=launcher(RES["gpus"]),
+        launch=lambda wc, resources: launcher(resources.gpu),
     log:
         f"{R}/logs/pretrain.log",
     threads: config["threads"]["train"]
@@ -55,7 +55,7 @@ rule finetune:
     params:
         cfg=lambda wc: slices(train=config["finetune"]),
         chash=lambda wc: lineage_hash(config, wc.setting),
-        launch=launcher(RES["gpus"]),
+        launch=lambda wc, resources: launcher(resources.gpu),
     log:
         f"{R}/logs/finetune_{{setting}}.log",
     threads: config["threads"]["other"]
