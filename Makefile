@@ -35,7 +35,7 @@ report: setup
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES) all --report results/report.html
 
 dag: setup
-	$(BIN)/snakemake --profile profiles/local --rulegraph | dot -Tsvg > docs/dag.svg
+	$(BIN)/snakemake all --profile profiles/local --rulegraph | dot -Tsvg > docs/dag.svg
 
 schema: setup
 	$(BIN)/python -m nfpi.schema --write

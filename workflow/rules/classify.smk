@@ -13,6 +13,8 @@ rule cnn:
         chash=lambda wc: lineage_hash(config, wc.setting, "sample", "cnn"),
     log:
         f"{R}/logs/cnn_{{setting}}.log",
+    benchmark:
+        f"{R}/benchmarks/cnn_{{setting}}.tsv",
     threads: config["threads"]["other"]
     resources:
         **gpu_resources("infer"),
@@ -30,12 +32,14 @@ rule nfaugment:
     output:
         npz=f"{R}/augment/nf_train.npz",
         record=f"{R}/augment/nf_train.json",
-        figure=f"{R}/figures/fig2_augment.png",
+        figure=report(f"{R}/figures/fig2_augment.png", category="Figures", labels={"figure": "Fig. 2 (NF augmentation)"}),
     params:
         cfg=lambda wc: slices(augment=config["augment"]),
         chash=lambda wc: lineage_hash(config, "nfpi", "augment"),
     log:
         f"{R}/logs/nfaugment.log",
+    benchmark:
+        f"{R}/benchmarks/nfaugment.tsv",
     threads: config["threads"]["other"]
     resources:
         **gpu_resources("infer"),
@@ -68,6 +72,8 @@ for _model in ("swin", "eva02"):
             model=_model,
         log:
             f"{R}/logs/{_model}_{{nfa}}_{{sa}}.log",
+        benchmark:
+            f"{R}/benchmarks/{_model}_{{nfa}}_{{sa}}.tsv",
         threads: config["threads"]["other"]
         resources:
             **gpu_resources("train"),

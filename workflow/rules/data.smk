@@ -11,6 +11,8 @@ rule prepare:
         out=f"{R}/data",
     log:
         f"{R}/logs/prepare.log",
+    benchmark:
+        f"{R}/benchmarks/prepare.tsv",
     threads: 1
     resources:
         **cpu_resources(),

@@ -13,6 +13,8 @@ rule evaluate:
         chash=lambda wc: lineage_hash(config, wc.setting, "evaluate"),
     log:
         f"{R}/logs/evaluate_{{setting}}.log",
+    benchmark:
+        f"{R}/benchmarks/evaluate_{{setting}}.tsv",
     threads: config["threads"]["other"]
     resources:
         **gpu_resources("infer"),
@@ -29,12 +31,14 @@ rule sample:
     output:
         npz=f"{R}/samples/{{setting}}.npz",
         record=f"{R}/samples/{{setting}}.json",
-        grid=f"{R}/figures/samples_{{setting}}.png",
+        grid=report(f"{R}/figures/samples_{{setting}}.png", category="Samples", labels={"setting": "{setting}"}),
     params:
         cfg=lambda wc: slices(sample=config["sample"]),
         chash=lambda wc: lineage_hash(config, wc.setting, "sample"),
     log:
         f"{R}/logs/sample_{{setting}}.log",
+    benchmark:
+        f"{R}/benchmarks/sample_{{setting}}.tsv",
     threads: config["threads"]["other"]
     resources:
         **gpu_resources("infer"),

@@ -2,6 +2,8 @@
 
 
 rule pretrain:
+    # The critical path: start it before the jobs that only need the data (Swin / EVA02 baselines).
+    priority: 50
     input:
         meta=f"{R}/data/meta.json",
     output:
@@ -14,6 +16,8 @@ rule pretrain:
         launch=lambda wc, resources: launcher(resources.gpu),
     log:
         f"{R}/logs/pretrain.log",
+    benchmark:
+        f"{R}/benchmarks/pretrain.tsv",
     threads: config["threads"]["train"]
     resources:
         **gpu_resources("train"),
@@ -24,6 +28,7 @@ rule pretrain:
 
 
 rule extract:
+    priority: 40
     input:
         ckpt=f"{R}/flows/{{flow}}.pt",
         meta=f"{R}/data/meta.json",
@@ -35,6 +40,8 @@ rule extract:
         out=lambda wc: f"{R}/latents/{wc.flow}",
     log:
         f"{R}/logs/extract_{{flow}}.log",
+    benchmark:
+        f"{R}/benchmarks/extract_{{flow}}.tsv",
     threads: config["threads"]["other"]
     resources:
         **gpu_resources("infer"),
@@ -44,6 +51,7 @@ rule extract:
 
 
 rule finetune:
+    priority: 20
     input:
         init=f"{R}/flows/pretrain.pt",
         gaussians=f"{R}/gaussians/{{setting}}.pt",
@@ -58,6 +66,8 @@ rule finetune:
         launch=lambda wc, resources: launcher(resources.gpu),
     log:
         f"{R}/logs/finetune_{{setting}}.log",
+    benchmark:
+        f"{R}/benchmarks/finetune_{{setting}}.tsv",
     threads: config["threads"]["other"]
     resources:
         **gpu_resources("train"),

@@ -33,6 +33,8 @@ rule flowfactor:
         tables=f"{R}/tables",
     log:
         f"{R}/logs/flowfactor.log",
+    benchmark:
+        f"{R}/benchmarks/flowfactor.tsv",
     threads: config["threads"]["other"]
     resources:
         **cpu_resources("cpu"),

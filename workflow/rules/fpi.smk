@@ -3,6 +3,7 @@
 
 
 rule solve:
+    priority: 30
     input:
         latents=f"{R}/latents/pretrain/train.{config['extract']['format']}",
         meta=f"{R}/data/meta.json",
@@ -14,6 +15,8 @@ rule solve:
         chash=lambda wc: lineage_hash(config, wc.setting),
     log:
         f"{R}/logs/solve_{{setting}}.log",
+    benchmark:
+        f"{R}/benchmarks/solve_{{setting}}.tsv",
     threads: 1
     resources:
         **cpu_resources(),

@@ -25,6 +25,8 @@ rule latent_ot:
         tables=f"{R}/tables",
     log:
         f"{R}/logs/latent_ot.log",
+    benchmark:
+        f"{R}/benchmarks/latent_ot.tsv",
     threads: config["threads"]["other"]
     resources:
         **gpu_resources("infer"),

@@ -14,7 +14,7 @@ rule tabulate:
     input:
         _table_inputs,
     output:
-        f"{R}/tables/README.md",
+        report(f"{R}/tables/README.md", category="Tables", labels={"table": "Tables 1-6"}),
         f"{R}/summary.json",
         f"{R}/config.resolved.yaml",
     params:
@@ -22,6 +22,8 @@ rule tabulate:
         out=f"{R}/tables",
     log:
         f"{R}/logs/tabulate.log",
+    benchmark:
+        f"{R}/benchmarks/tabulate.tsv",
     threads: 1
     resources:
         **cpu_resources(),
@@ -45,12 +47,14 @@ rule tsne:
         meta=f"{R}/data/meta.json",
         gaussians=lambda wc: list(_fig1_gaussians(wc).values()),
     output:
-        f"{R}/figures/fig1_tsne.png",
+        report(f"{R}/figures/fig1_tsne.png", category="Figures", labels={"figure": "Fig. 1 (t-SNE)"}),
     params:
         cfg=lambda wc: slices(figures=config["figures"]),
         pairs=lambda wc: " ".join(shlex.quote(f"{k}={v}") for k, v in _fig1_gaussians(wc).items()),
     log:
         f"{R}/logs/tsne.log",
+    benchmark:
+        f"{R}/benchmarks/tsne.tsv",
     threads: 1
     resources:
         **cpu_resources(),
@@ -64,9 +68,11 @@ rule curves:
         pretrain=f"{R}/flows/pretrain.jsonl",
         finetune=[f"{R}/flows/{s}.jsonl" for s in TABLES.get("table1", ["nfpi"])],
     output:
-        f"{R}/figures/training_curves.png",
+        report(f"{R}/figures/training_curves.png", category="Figures", labels={"figure": "training curves"}),
     log:
         f"{R}/logs/curves.log",
+    benchmark:
+        f"{R}/benchmarks/curves.tsv",
     threads: 1
     resources:
         **cpu_resources(),
