@@ -39,6 +39,9 @@ def run_one(preset: str, arch: str, batch: int, mode: str, steps: int, warmup: i
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     shape = SHAPES[preset]
+    from nfpi.runtime import flush_denormals
+
+    flush_denormals()  # as every training stage does (see nfpi.runtime.flush_denormals)
     flow = build_flow(FlowConfig(arch=arch, preset=preset), shape)
     n_params = sum(p.numel() for p in flow.parameters())
     g = torch.Generator().manual_seed(0)

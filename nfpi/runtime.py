@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "select_device", "autocast", "setup_logging", "progress", "set_threads"]
+__all__ = ["seed_everything", "select_device", "autocast", "setup_logging", "progress", "set_threads", "flush_denormals"]
 
 T = TypeVar("T")
 
@@ -51,6 +51,17 @@ def autocast(device: torch.device, precision: str = "fp32") -> Iterator[None]:
             yield
     else:
         yield
+
+
+def flush_denormals() -> None:
+    """Flush denormal floats to zero for this process (CPU).
+
+    The backward pass of the flows' fixed-degree matrix-exponential series multiplies gradients by
+    W/k many times; once W is small (early training) they underflow into denormals, which x86
+    handles ~100x slower (a CIFAR training step went from 3 s to 13 s).  Values below 1e-38 become
+    0: no effect on results.  Process-wide, so stage processes call it, not the library.
+    """
+    torch.set_flush_denormal(True)
 
 
 def set_threads(threads: int | None) -> None:

@@ -174,9 +174,7 @@ def build_flow(cfg: FlowConfig, image_shape: tuple[int, int, int]) -> Flow:
     """Build the flow named by ``cfg.arch`` for images of shape ``(C, H, W)``."""
     if cfg.arch not in _REGISTRY:
         raise ConfigError(f"config key 'flow.arch': unknown architecture '{cfg.arch}'; known: {', '.join(available_flows())}")
-    # The backward pass of the fixed-degree exponential series multiplies gradients by W/k many
-    # times; once W is small (early training) that underflows into denormals, which x86 handles
-    # ~100x slower: a CIFAR training step went from 3 s to 13 s.  Flush them to zero (process-wide,
-    # CPU only; no effect on results beyond 1e-38).
-    torch.set_flush_denormal(True)
+    # Training processes should call nfpi.runtime.flush_denormals() (the stage modules do): the
+    # series' backward pass underflows into denormals, ~100x slower on x86.  It is process-wide
+    # state, so it is not switched on here behind a library caller's back.
     return _REGISTRY[cfg.arch](cfg, tuple(image_shape))  # type: ignore[arg-type]
