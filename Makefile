@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test test-integration report dag schema clean-results
+.PHONY: setup run seeds test test-integration report dag schema clean-results
 
 $(STAMP): requirements.txt requirements-lock.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,18 @@ setup: $(STAMP)
 
 run: setup
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES) all
+
+# The spread over seeds (docs/benchmarks.md): the default run plus replicate runs <run>_seed<s>, Table 1 only.
+CONFIG ?= config/config.yaml
+SEEDS  ?= 1 2
+RUN    ?= $(shell $(BIN)/python -c "import yaml,sys; print(yaml.safe_load(open('$(CONFIG)'))['run'])" 2>/dev/null || echo digits)
+seeds: setup
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) tables --configfile $(CONFIG)
+	for s in $(SEEDS); do \
+	  $(BIN)/snakemake --profile profiles/local --cores $(CORES) tables --configfile $(CONFIG) config/replicate.yaml \
+	    --config run=$(RUN)_seed$$s seed=$$s || exit 1; \
+	done
+	$(BIN)/python -m nfpi.spread results/$(RUN) $(foreach s,$(SEEDS),results/$(RUN)_seed$(s)) --out results/$(RUN)/tables
 
 test: setup
 	$(BIN)/python -m pytest -m "not integration" -q

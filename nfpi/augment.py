@@ -252,6 +252,7 @@ def nf_augment(
     device: str | torch.device = "auto",
     latents: Tensor | None = None,
     indices: Tensor | None = None,
+    n_bits: int = 8,
 ) -> tuple[Tensor, Tensor]:
     """Generate ``copies`` NF-augmented images per training image (paper Sec. 5.4; spec).
 
@@ -273,6 +274,7 @@ def nf_augment(
             the forward passes.
         indices: augment only these images (``[M]`` indices, e.g. the originals of Fig. 2); their
             partners are still drawn from the whole set.  ``None``: all ``N`` images.
+        n_bits: bits per channel the flow was trained on (its pixel <-> ``[-0.5, 0.5)`` mapping).
 
     Returns:
         ``(images uint8 [copies * M, C, H, W], labels int64 [copies * M])`` on the CPU, copy-major
@@ -322,7 +324,7 @@ def nf_augment(
             if latents is not None:
                 z = torch.cat([latents[ia], latents[ib]]).to(dev)
             else:
-                x = preprocess(torch.cat([imgs[ia], imgs[ib]]).to(dev), dequantize=False)
+                x = preprocess(torch.cat([imgs[ia], imgs[ib]]).to(dev), n_bits=n_bits, dequantize=False)
                 z, _ = flow.forward(x)
             z = z.reshape(2 * m, d).to(flow_dtype)
             if axes_dev is None or axes_dev.dtype != z.dtype:
@@ -330,7 +332,7 @@ def nf_augment(
             u = axes_dev[labs[ia].to(dev)]
             z_new = pca_mixup(z[:m], z[m:], u, beta[s : s + m].to(dev))
             x_new = flow.inverse(z_new)
-            out[s : s + m] = postprocess(x_new.reshape(m, *imgs.shape[1:])).cpu()
+            out[s : s + m] = postprocess(x_new.reshape(m, *imgs.shape[1:]), n_bits=n_bits).cpu()
     finally:
         if was_training and hasattr(flow, "train"):
             flow.train()

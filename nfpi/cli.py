@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from nfpi import __version__
 from nfpi.config import ConfigError, from_mapping
 
-__all__ = ["stage_parser", "start_stage", "parse_slices", "provenance", "git_revision"]
+__all__ = ["stage_parser", "start_stage", "parse_slices", "provenance", "git_revision", "load_flow_for_stage"]
 
 T = TypeVar("T")
 log = logging.getLogger("nfpi.stage")
@@ -102,3 +102,21 @@ def start_stage(args: argparse.Namespace, name: str) -> None:
         name, __version__, platform.python_version(), socket.gethostname(), job or "none", args.threads or "default",
     )
     log.info("command: %s", " ".join(sys.argv))
+
+
+def load_flow_for_stage(checkpoint: str, device: str = "auto", *, need_prior: bool = True) -> Any:
+    """The trained flow a downstream stage works with: ``(TrainedFlow, torch.device)``.
+
+    Selects the device, rebuilds the flow with its EMA weights on it (:func:`nfpi.training.load_trained_flow`)
+    and, with ``need_prior``, insists on the class Gaussians a fine-tuned flow carries.  The stage
+    must preprocess images with ``trained.n_bits`` (the bits the flow was trained on).
+    """
+    from nfpi.runtime import select_device
+    from nfpi.training import load_trained_flow
+
+    dev = select_device(device)
+    trained = load_trained_flow(checkpoint, map_location=dev)
+    if need_prior and trained.prior is None:
+        raise ValueError(f"{checkpoint}: has no class Gaussians; use a fine-tuned flow (flows/<setting>.pt), "
+                         "not the pretrained one")
+    return trained, dev

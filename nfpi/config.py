@@ -18,7 +18,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-__all__ = ["ConfigError", "from_mapping", "load_slice", "config_hash"]
+__all__ = ["ConfigError", "from_mapping", "config_hash"]
 
 T = TypeVar("T")
 
@@ -83,15 +83,6 @@ def from_mapping(cls: type[T], mapping: Mapping[str, Any] | None, *, where: str 
         raise ConfigError(f"unknown config key '{full}'.{_suggest(k, names)}")
     kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in mapping.items()}
     return cls(**kwargs)
-
-
-def load_slice(cls: type[T], text: str, *, where: str) -> T:
-    """Parse a JSON config slice (as passed by a rule) into ``cls``."""
-    try:
-        mapping = json.loads(text) if text else {}
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"config slice for '{where}' is not valid JSON: {exc}") from None
-    return from_mapping(cls, mapping, where=where)
 
 
 def config_hash(mapping: Any) -> str:

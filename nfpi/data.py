@@ -144,6 +144,7 @@ class _Source:
     image_shape: tuple[int, int, int]  # C, H, W as read (before channel/size conversion)
     parts: dict[str, _Part]
     notes: list[str] = field(default_factory=list)
+    n_bits: int = 8  # bit depth of the source's pixel values (what the flow should model; meta.json records it)
 
 
 def _array_reader(images: np.ndarray, channels_last: bool) -> Callable[[np.ndarray], Iterator[np.ndarray]]:
@@ -170,15 +171,18 @@ def _source_digits(cfg: DataConfig) -> _Source:
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    # 17 grey levels (0..16) mapped onto 0..255 so the flow's 8-bit dequantisation applies unchanged
-    images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    # 17 grey levels (0..16) stored as 16 v (16 -> 255) in uint8, like every other source.  Level v
+    # then lies in bin v of 4-bit data (the default config's pretrain.n_bits: 4), and only the two
+    # saturated levels 15 and 16 share a bin; 8-bit modelling would put 17 spikes 16 bins apart.
+    images = np.minimum(d.images * 16.0, 255.0).astype(np.uint8)[:, None]
     labels = d.target.astype(np.int64)
     return _Source(
         description="scikit-learn load_digits (UCI optical digits, 8x8, 1797 images; no official test split)",
         class_names=[str(c) for c in d.target_names],
         image_shape=(1, 8, 8),
         parts={"train": _Part(labels, _array_reader(images, channels_last=False), "sklearn.datasets.load_digits")},
-        notes=["digits: grey levels 0..16 rescaled to 0..255 (round(v * 255 / 16))"],
+        notes=["digits: grey levels 0..16 stored as min(16 v, 255); modelled as 4-bit data"],
+        n_bits=4,
     )
 
 
@@ -377,7 +381,7 @@ def _source_imagenet_batches(cfg: DataConfig, root: Path, size: int) -> _Source:
 
 
 def _folder_reader(
-    paths: list[str], loader: Callable[[str], Any], cfg: DataConfig, size: tuple[int, int], num_workers: int
+    paths: list[str], cfg: DataConfig, size: tuple[int, int], num_workers: int
 ) -> Callable[[np.ndarray], Iterator[np.ndarray]]:
     """Decode images (threads: PIL releases the GIL while decoding), convert and size them."""
     from PIL import Image
@@ -385,9 +389,21 @@ def _folder_reader(
     mode = "L" if cfg.channels == 1 else "RGB"
     h, w = size
 
+    def open_8bit(path: str) -> Any:
+        # PIL directly, not torchvision's loader: that converts to RGB first, clipping 16-bit images
+        with open(path, "rb") as fh:
+            img = Image.open(fh)
+            img.load()
+        if img.mode.startswith("I;16") or img.mode == "I":
+            # PIL's convert() clips 16-bit values at 255 instead of rescaling: keep the high byte instead
+            arr = np.asarray(img, dtype=np.int64)
+            shift = 8 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 0
+            img = Image.fromarray((np.clip(arr, 0, 65535) >> shift).astype(np.uint8), "L")
+        return img
+
     def load(i: int) -> np.ndarray:
         try:
-            img = loader(paths[i]).convert(mode)
+            img = open_8bit(paths[i]).convert(mode)
         except (OSError, ValueError) as exc:
             raise DataError(f"{paths[i]}: cannot decode image ({exc})") from None
         if cfg.image_size is not None and img.size != (w, h):
@@ -453,7 +469,7 @@ def _source_imagefolder(cfg: DataConfig, root: Path, num_workers: int, *, imagen
                             f"do not occur in {train_dir}; every class needs training images")
         remap = np.asarray([classes.index(c) for c in ds.classes], dtype=np.int64)
         labels = remap[np.asarray(ds.targets, dtype=np.int64)] if len(ds.targets) else np.zeros(0, np.int64)
-        parts[split] = _Part(labels, _folder_reader([p for p, _ in ds.samples], ds.loader, cfg, size, num_workers),
+        parts[split] = _Part(labels, _folder_reader([p for p, _ in ds.samples], cfg, size, num_workers),
                              str(Path(ds.root)))
     return _Source(
         description=f"torchvision ImageFolder ({root})",
@@ -496,7 +512,8 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
             if missing:
                 raise DataError(f"{path}: missing key(s) {missing} (found {z.files}); expected {_NPZ_FORMAT}")
             images, labels = z["images"], z["labels"]
-            names = [str(s) for s in z["class_names"].tolist()] if "class_names" in z.files else None
+            names = ([s.decode() if isinstance(s, bytes) else str(s) for s in z["class_names"].tolist()]
+                     if "class_names" in z.files else None)  # bytes names (h5py, dtype S) decoded
     except DataError:
         raise
     except (OSError, ValueError, EOFError) as exc:
@@ -810,6 +827,7 @@ def prepare_dataset(cfg: DataConfig, out_dir: str | os.PathLike[str], *, size_mu
         "source": src.description,
         "source_splits": {s: plan[s][0] for s in SPLITS},
         "size_multiple": int(size_multiple),
+        "n_bits": int(src.n_bits),
         "notes": [*src.notes, *conv.notes],
         "config": dataclasses.asdict(cfg),
     }
@@ -865,6 +883,8 @@ class PreparedData:
         self.num_classes: int = int(self.meta["num_classes"])
         self.image_shape: tuple[int, int, int] = tuple(int(s) for s in self.meta["image_shape"])  # type: ignore[assignment]
         self.class_names: list[str] = list(self.meta["class_names"])
+        # the source's bit depth: what `pretrain.n_bits: null` models (files from before it was recorded: 8)
+        self.n_bits: int = int(self.meta.get("n_bits", 8))
         self._labels: dict[str, np.ndarray] = {}
 
     def _check_split(self, split: str) -> None:

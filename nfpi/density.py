@@ -160,6 +160,17 @@ class ClassGaussianPrior:
         return {"means": self.means.detach().clone(), "variances": self.variances.detach().clone()}
 
     @classmethod
+    def from_solution(cls, means: Tensor, variances: Tensor) -> ClassGaussianPrior:
+        """The flow's prior (float32) from a solver's output (``nfpi.fpi.FPIResult.means`` / ``.variances``).
+
+        A full-covariance solution (``[K, D, D]``, method ``fpi_full``) keeps its diagonal: the flow's
+        class Gaussians are diagonal (the paper's Eq. 6 with ``Sigma_y = diag(v_y)``).
+        """
+        if variances.dim() == 3:
+            variances = torch.diagonal(variances, dim1=-2, dim2=-1)
+        return cls(means.to(torch.float32), variances.to(torch.float32))
+
+    @classmethod
     def from_state_dict(cls, d: dict[str, Tensor]) -> ClassGaussianPrior:
         """Inverse of :meth:`state_dict`; names the missing key if ``d`` is not a prior state."""
         missing = [k for k in ("means", "variances") if k not in d]

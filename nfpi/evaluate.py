@@ -3,7 +3,8 @@
     python -m nfpi.evaluate --config '{"evaluate": {...}}' --checkpoint flows/<setting>.pt --data-dir D \
         --gaussians-json gaussians/<setting>.json --out metrics/<setting>.json
 
-NF-Acc is ``argmax_y log N(f(x); mu_y, v_y)`` with equal class priors (Section 5.1), computed with
+NF-Acc is ``argmax_y log N(f(x); mu_y, v_y)`` with equal class priors (Section 5.1) of each image at its
+bin centres (deterministic; bits/dim use seeded dequantisation noise), computed with
 the EMA weights on the validation split (model selection) and the test split (reported numbers).
 """
 
@@ -38,20 +39,16 @@ def main(argv: list[str] | None = None) -> None:
     start_stage(args, "evaluate")
     cfg: EvaluateConfig = parse_slices(args.config, evaluate=EvaluateConfig)["evaluate"]
 
+    from nfpi.cli import load_flow_for_stage
     from nfpi.data import PreparedData
     from nfpi.evaluation import evaluate_flow
-    from nfpi.runtime import select_device
-    from nfpi.training import load_trained_flow
 
-    device = select_device(cfg.device)
-    trained = load_trained_flow(args.checkpoint, map_location=device)
-    if trained.prior is None:
-        raise ValueError(f"{args.checkpoint}: has no class Gaussians; evaluate a fine-tuned flow (flows/<setting>.pt)")
+    trained, device = load_flow_for_stage(args.checkpoint, cfg.device)
     data = PreparedData(args.data_dir)
     out: dict = {"setting": args.name, "checkpoint": args.checkpoint}
     for split in cfg.splits:
         m = evaluate_flow(trained.flow.to(device), trained.prior.to(device), data.dataset(split),
-                          batch_size=cfg.batch_size, device=device)
+                          batch_size=cfg.batch_size, device=device, n_bits=trained.n_bits)
         out[split] = m
         log.info("%s %s: NF-Acc %.2f%%, bits/dim %.3f (conditional) %.3f (marginal)", args.name, split,
                  100 * m["nf_acc"], m["bpd_conditional"], m["bpd_marginal"])

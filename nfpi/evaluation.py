@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from nfpi.training import dequantize_batch, load_batch
 
-__all__ = ["evaluate_flow", "extract_latents", "sample_images", "iterate_batches"]
+__all__ = ["evaluate_flow", "extract_latents", "latent_class_stats", "sample_images", "iterate_batches"]
 
 
 def _flow_device(flow: nn.Module, device: str | torch.device | None) -> torch.device:
@@ -64,6 +64,7 @@ def evaluate_flow(
     dequantize: bool = True,
     seed: int = 0,
     n_bits: int = 8,
+    classify_centres: bool = True,
 ) -> dict[str, Any]:
     """NF-Acc, per-class accuracy, confusion matrix and bits/dim of ``flow`` under ``prior`` on ``dataset``.
 
@@ -72,7 +73,9 @@ def evaluate_flow(
     "bpd_marginal", "num_images"}``.  Predictions follow Section 5.1 (``argmax_y log N(f(x); mu_y, v_y)``,
     one matrix product for all classes); bits/dim use uniform dequantisation noise drawn from a
     generator seeded by ``seed`` (so repeated evaluations agree), ``dequantize=False`` uses the bin
-    centres.  Predictions and bits/dim come from the same forward pass.  Sums are accumulated in float64.
+    centres.  With ``classify_centres`` (default) the predictions are those of the image itself (its
+    bin centres, a deterministic classifier) while bits/dim keep the noise (the variational bound
+    needs it): a second forward pass when ``dequantize``.  Sums are accumulated in float64.
     """
     from nfpi.density import bits_per_dim
 
@@ -84,12 +87,18 @@ def evaluate_flow(
     nll_cond = torch.zeros((), dtype=torch.float64)
     nll_marg = torch.zeros((), dtype=torch.float64)
     count = 0
+    second_pass = classify_centres and dequantize
+    centres = iterate_batches(dataset, batch_size, dequantize=False, n_bits=n_bits) if second_pass else None
     for x, y in iterate_batches(dataset, batch_size, dequantize=dequantize, seed=seed, n_bits=n_bits):
         x, y = x.to(dev), y.to(dev)
         z, logdet = flow(x)
         z, logdet = z.float(), logdet.float()
         lp_all = prior.log_prob_all(z)  # [B, K]
-        pred = lp_all.argmax(dim=1)
+        if centres is not None:  # the same images in the same order, at their bin centres
+            xc, _ = next(centres)
+            pred = prior.log_prob_all(flow(xc.to(dev))[0].float()).argmax(dim=1)
+        else:
+            pred = lp_all.argmax(dim=1)
         lp_y = lp_all.gather(1, y.view(-1, 1)).squeeze(1)
         lp_marg = torch.logsumexp(lp_all, dim=1) - math.log(k)  # equal class priors
         nll_cond -= (lp_y + logdet).double().sum().cpu()  # -log p(x|y), Eq. 1
@@ -132,6 +141,34 @@ def extract_latents(
         with torch.inference_mode():
             z, _ = flow(x.to(dev))
         yield z.float().cpu().numpy(), y.numpy().astype(np.int64, copy=False)
+
+
+def latent_class_stats(
+    flow: nn.Module,
+    dataset: Dataset,
+    num_classes: int,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    dequantize: bool = True,
+    seed: int = 0,
+    n_bits: int = 8,
+    full: bool = False,
+) -> Any:
+    """Class statistics ``(n_y, m_y, q_y)`` (float64) of ``z = f(x)`` over ``dataset``, streamed in one pass.
+
+    What the FPI of Proposition 1 needs from the current flow (the extract + solve stages in one
+    pass, without writing latents): the fine-tuning stage re-solves the Gaussians with it between
+    rounds.  Dequantised with seeded noise by default, as the extract stage does.
+    """
+    from nfpi.fpi import StatsAccumulator
+
+    dim = int(np.prod(flow.image_shape))
+    acc = StatsAccumulator(num_classes, dim, full=full)  # full: second moments for fpi_full
+    for z, y in extract_latents(flow, dataset, batch_size=batch_size, device=device, dequantize=dequantize,
+                                seed=seed, n_bits=n_bits):
+        acc.update(torch.from_numpy(z), torch.from_numpy(y))
+    return acc.finalize()
 
 
 @torch.inference_mode()

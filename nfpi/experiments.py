@@ -16,13 +16,15 @@ current config implies.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from nfpi.config import config_hash
 
-__all__ = ["Setting", "settings_from_config", "lineage", "lineage_hash", "table_settings", "GD_POLICIES"]
+__all__ = ["Setting", "settings_from_config", "lineage", "lineage_hash", "table_settings", "ablation_rows",
+           "GD_POLICIES", "ABLATION"]
 
 GD_POLICIES: tuple[str, ...] = ("sublinear_v1", "sublinear_v2", "linear", "superlinear_v1", "superlinear_v2")
 GD_LABELS: dict[str, str] = {
@@ -53,38 +55,81 @@ def lambda_setting_name(config: Mapping[str, Any], lam: float) -> str:
     return "nfpi" if float(lam) == float(config["fpi"].get("lam", 0.0)) else f"lam{_fmt(float(lam))}"
 
 
+# Table 3's rows: which parameters the KLD term moves, and how the Gaussians are initialised.
+# Row #1 is Baseline 1 (no KLD: the class data statistics).  A row whose solver spec equals the
+# configured NFPI's (e.g. ``fpi.learn: mean`` with ``init: identity``) *is* the NFPI setting.
+ABLATION: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("baseline1", "#1: w/o KLD (lambda = 0)", {"lam": 0.0, "learn": "both", "init": "data"}),
+    ("mu_only", "#2: w/ KLD on mu only (identity covariance)", {"learn": "mean", "init": "identity"}),
+    ("var_only", "#3: w/ KLD on Sigma only", {"learn": "var", "init": "data"}),
+    ("both", "#4: w/ KLD on mu and Sigma", {"learn": "both", "init": "data"}),
+)
+
+
+def _fpi_spec(config: Mapping[str, Any], **override: Any) -> dict[str, Any]:
+    return {**dict(config["fpi"]), "method": "fpi", **override}
+
+
+def _ablation_specs(config: Mapping[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """Table 3's rows as ``(name, label, spec)`` at ``experiments.ablation_lam`` (default: ``fpi.lam``)."""
+    lam = config.get("experiments", {}).get("ablation_lam")
+    at = {} if lam is None else {"lam": float(lam)}
+    return [(name, label, _fpi_spec(config, **(override if name == "baseline1" else {**at, **override})))
+            for name, label, override in ABLATION]
+
+
+def _key(spec: Mapping[str, Any]) -> str:
+    """Canonical form of a solver spec (``100`` and ``100.0`` are the same lambda)."""
+    return json.dumps({k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in spec.items()},
+                      sort_keys=True)
+
+
+def ablation_rows(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Table 3 as ``(row label, setting name)``: a row whose spec another setting already has (the
+    NFPI setting, a lambda of the sweep) names that setting, so it is solved and fine-tuned once."""
+    by_spec = {_key(s.spec): s.name for s in settings_from_config(config).values()}
+    return [(label, by_spec[_key(spec)]) for _, label, spec in _ablation_specs(config)]
+
+
 def settings_from_config(config: Mapping[str, Any]) -> dict[str, Setting]:
-    """All settings the config's experiments need, keyed by name (a stable order: tables' order)."""
+    """All settings the config's experiments need, keyed by name (a stable order: tables' order).
+
+    Two requests with the same solver spec are one setting (the first name wins): identical
+    Gaussians are solved, fine-tuned and evaluated once.  Table 1's settings (``baseline1``,
+    ``gd_<policy>``, ``nfpi``) always exist under those names.
+    """
     fpi = dict(config["fpi"])
     exp = config.get("experiments", {})
     out: dict[str, Setting] = {}
+    names: dict[str, str] = {}  # spec (canonical JSON) -> setting name
 
-    def add(name: str, label: str, spec: dict[str, Any], cnn: bool) -> None:
+    def add(name: str, label: str, spec: dict[str, Any], cnn: bool, anchor: bool = False) -> None:
+        # Table 1's settings keep their names (tables address them directly); the others merge.
+        name = name if anchor else names.get(_key(spec), name)
+        names.setdefault(_key(spec), name)
         prev = out.get(name)
-        out[name] = Setting(name, label, spec, cnn or (prev.cnn if prev else False))
+        out[name] = Setting(name, prev.label if prev else label, prev.spec if prev else spec,
+                            cnn or (prev.cnn if prev else False))
 
-    add("baseline1", "Baseline 1 (data initialisation, lambda = 0)", {**fpi, "method": "fpi", "lam": 0.0},
-        bool(exp.get("ablation", True)))
+    ablation = _ablation_specs(config)
+    # Baseline 1 is the class data mean and variance whatever the NFPI's learn / init options.
+    add("baseline1", "Baseline 1 (data initialisation, lambda = 0)", ablation[0][2], bool(exp.get("ablation", True)),
+        anchor=True)
     if exp.get("table1", True):
         gd = dict(config.get("gd", {}))
         for policy in exp.get("gd_policies", list(GD_POLICIES)):
-            spec = {**fpi, **gd, "method": "gd", "policy": policy}
-            add(f"gd_{policy}", f"Baseline 2 (GD + {GD_LABELS.get(policy, policy)})", spec, False)
-    add("nfpi", f"NFPI (lambda = {_fmt(float(fpi.get('lam', 0.0)))})", {**fpi, "method": "fpi"}, True)
+            spec = {**fpi, **gd, "method": "gd", "policy": policy}  # the NFPI objective, solved by GD
+            add(f"gd_{policy}", f"Baseline 2 (GD + {GD_LABELS.get(policy, policy)})", spec, False, anchor=True)
+    add("nfpi", f"NFPI (lambda = {_fmt(float(fpi.get('lam', 0.0)))})", _fpi_spec(config), True, anchor=True)
     for lam in exp.get("lambdas", []):
-        name = lambda_setting_name(config, lam)
-        if name != "nfpi":
-            add(name, f"NFPI (lambda = {_fmt(float(lam))})", {**fpi, "method": "fpi", "lam": float(lam)}, True)
-        else:
-            add("nfpi", out["nfpi"].label, out["nfpi"].spec, True)
+        add(lambda_setting_name(config, lam), f"NFPI (lambda = {_fmt(float(lam))})",
+            _fpi_spec(config, lam=float(lam)), True)
     if exp.get("ablation", True):
-        add("mu_only", "#2: KLD on mu only (identity covariance)",
-            {**fpi, "method": "fpi", "learn": "mean", "init": "identity"}, True)
-        add("var_only", "#3: KLD on Sigma only", {**fpi, "method": "fpi", "learn": "var"}, True)
+        for name, label, spec in ablation[1:]:
+            add(name, label, spec, True)
     for lam in exp.get("figure_lambdas", []):  # Fig. 1(c)-(d): Gaussians only, no fine-tuning needed
-        name = lambda_setting_name(config, lam)
-        if name not in out:
-            add(name, f"NFPI (lambda = {_fmt(float(lam))})", {**fpi, "method": "fpi", "lam": float(lam)}, False)
+        add(lambda_setting_name(config, lam), f"NFPI (lambda = {_fmt(float(lam))})",
+            _fpi_spec(config, lam=float(lam)), False)
     return out
 
 
@@ -97,7 +142,7 @@ def table_settings(config: Mapping[str, Any]) -> dict[str, list[str]]:
     if exp.get("lambdas"):
         tables["table2"] = [lambda_setting_name(config, lam) for lam in exp["lambdas"]]
     if exp.get("ablation", True):
-        tables["table3"] = ["baseline1", "mu_only", "var_only", "nfpi"]
+        tables["table3"] = [name for _, name in ablation_rows(config)]
     return tables
 
 

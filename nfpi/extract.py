@@ -33,7 +33,7 @@ class ExtractConfig:
     batch_size: int = 256  # images per forward pass
     format: Literal["parquet", "npy"] = "parquet"  # npy: numpy memmap, for large d (ImageNet64: d = 12288)
     row_group_size: int = 4096  # Parquet rows per row group (the streaming unit of the FPI's statistics pass)
-    dequantize: bool = True  # latents of x + u, u ~ U[0, 1/256): the density the flow models (see module doc)
+    dequantize: bool = True  # latents of x + u, u ~ U[0, 2^-n_bits): the density the flow models (see module doc)
     seed: int = 0  # dequantisation noise seed (the same latents on every rerun)
     device: str = "auto"
 
@@ -48,14 +48,12 @@ def main(argv: list[str] | None = None) -> None:
     start_stage(args, "extract")
     cfg: ExtractConfig = parse_slices(args.config, extract=ExtractConfig)["extract"]
 
+    from nfpi.cli import load_flow_for_stage
     from nfpi.data import PreparedData
     from nfpi.evaluation import extract_latents
     from nfpi.latents import write_latents
-    from nfpi.runtime import select_device
-    from nfpi.training import load_trained_flow
 
-    device = select_device(cfg.device)
-    trained = load_trained_flow(args.checkpoint, map_location=device)
+    trained, device = load_flow_for_stage(args.checkpoint, cfg.device, need_prior=False)
     flow = trained.flow.to(device)
     data = PreparedData(args.data_dir)
     out = Path(args.out_dir)
@@ -66,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         path = out / f"{split}.{cfg.format}"
         rows = write_latents(
             path, extract_latents(flow, data.dataset(split), batch_size=cfg.batch_size, device=device,
-                                  dequantize=cfg.dequantize, seed=cfg.seed),
+                                  dequantize=cfg.dequantize, seed=cfg.seed, n_bits=trained.n_bits),
             dim=flow.latent_dim, split=split, num_rows=n, row_group_size=cfg.row_group_size,
         )
         dt = time.perf_counter() - t0

@@ -1,20 +1,191 @@
-"""Stage ``finetune``: train the pretrained flow on solved class Gaussians (held fixed).
+"""Stage ``finetune``: train the pretrained flow on solved class Gaussians, re-solving them between rounds.
 
-    python -m nfpi.finetune --config '{"train": {...}}' --data-dir D --init flows/pretrain.pt \
-        --gaussians gaussians/<setting>.pt --out flows/<setting>.pt --metrics ...
+    python -m nfpi.finetune --config '{"train": {...}, "setting": {<FPIConfig keys>}}' --data-dir D \
+        --init flows/pretrain.pt --gaussians gaussians/<setting>.pt --out flows/<setting>.pt --metrics ...
 
-The class Gaussians come from ``nfpi.solve`` (one fixed-point solve on the pretrained flow's
-latents, Section 4.2: "using only a single fixed point iteration at early training stages of the
-NF ... gaussian parameters no longer need to be trained at the subsequent iterations").
+Eq. 4 couples the flow parameters Theta and the Gaussians Psi.  Fine-tuning minimises it by block
+coordinate descent: round 0 trains Theta by gradient steps on the Gaussians the ``solve`` stage found
+on the pretrained flow's latents (Psi fixed); each further round first re-solves Psi on the current
+flow's training latents with the same setting (the fixed point of Prop. 1 for NFPI, lambda = 0 for
+Baseline 1, gradient descent for Baseline 2), then trains Theta again.  ``rounds: 1`` is the single
+solve of Section 4.2 ("a single fixed point iteration at early training stages of the NF ... gaussian
+parameters no longer need to be trained at the subsequent iterations").  ``steps`` counts optimiser
+steps over all rounds.
+
+Each round writes its own checkpoint under ``<out>.rounds/`` and resumes from its rolling state
+after an interruption; a rerun skips nothing it cannot verify (``train_flow`` checks fingerprints).
+The intermediate round checkpoints are removed once the final one is written.  Under ``torchrun``
+every process re-solves the Gaussians itself (same weights, same data: the same result) so no
+broadcast is needed.
 """
 
 from __future__ import annotations
 
-from nfpi.pretrain import run
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nfpi.cli import parse_slices, provenance, stage_parser, start_stage
+from nfpi.config import ConfigError
+from nfpi.io import atomic_path, atomic_write_json, to_jsonable
+from nfpi.training import TrainConfig
+
+log = logging.getLogger("nfpi.finetune")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(TrainConfig):
+    """The ``finetune`` config slice: the training loop's options plus the alternating schedule.
+
+    ``n_bits`` is inherited from the pretrained flow (a different explicit value is an error).
+    """
+
+    rounds: int = 1  # Gaussian solves during fine-tuning (Eq. 4 by block coordinate descent); 1: solve once
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rounds < 1 or self.rounds > max(self.steps, 1):
+            raise ConfigError(f"finetune.rounds={self.rounds}: must be in 1..finetune.steps ({self.steps})")
+
+    def loop_config(self, round_index: int, steps: int, n_bits: int) -> TrainConfig:
+        """The training loop's options for one round: its share of the steps, its own seed stream."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
+        return TrainConfig(**{**fields, "steps": steps, "seed": self.seed + round_index, "n_bits": n_bits})
+
+
+def round_steps(steps: int, rounds: int) -> list[int]:
+    """Optimiser steps per round: ``steps`` split as evenly as possible, earlier rounds first."""
+    base, extra = divmod(steps, rounds)
+    return [base + (1 if r < extra else 0) for r in range(rounds)]
+
+
+def _merge_curves(parts: list[tuple[int, Path]], out: Path) -> None:
+    """Concatenate the rounds' JSONL curves into ``out`` with global step numbers and a ``round`` field."""
+    with atomic_path(out, suffix=".jsonl") as tmp:
+        with open(tmp, "w") as fh:
+            for r, (offset, part) in enumerate(parts):
+                if not part.exists():
+                    continue
+                for line in part.read_text().splitlines():
+                    if line.strip():
+                        row = json.loads(line)
+                        if "step" in row:
+                            row["step"] = int(row["step"]) + offset
+                        fh.write(json.dumps({**row, "round": r}) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(argv, "finetune")
+    p = stage_parser(__doc__ or "")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--init", required=True, help="the pretrained flow checkpoint")
+    p.add_argument("--gaussians", required=True, help="round 0's class Gaussians (.pt from nfpi.solve)")
+    p.add_argument("--out", required=True, help="final checkpoint (.pt)")
+    p.add_argument("--metrics", required=True, help="summary JSON")
+    p.add_argument("--log-jsonl", default=None, help="per-step metrics of all rounds (JSONL)")
+    args = p.parse_args(argv)
+    start_stage(args, "finetune")
+
+    import torch
+
+    from nfpi.data import PreparedData
+    from nfpi.density import ClassGaussianPrior
+    from nfpi.evaluation import evaluate_flow, latent_class_stats
+    from nfpi.fpi import FPIConfig, solve
+    from nfpi.config import from_mapping
+    from nfpi.flows import FlowConfig, build_flow
+    from nfpi.runtime import seed_everything
+    from nfpi.training import load_trained_flow, train_flow
+
+    slices = parse_slices(args.config, train=FinetuneConfig)
+    cfg: FinetuneConfig = slices["train"]
+    spec = slices.get("setting")
+    if cfg.rounds > 1 and not isinstance(spec, dict):
+        raise ConfigError("finetune.rounds > 1 re-solves the Gaussians: --config needs the setting's solver spec "
+                          "('setting': {<nfpi.fpi.FPIConfig keys>}), as the workflow's finetune rule passes it")
+    solver = from_mapping(FPIConfig, spec, where="setting") if isinstance(spec, dict) else None
+
+    # The flow config and the bits per channel come from the pretrained checkpoint (one read).
+    pre = load_trained_flow(args.init)
+    n_bits = pre.n_bits
+    explicit = (json.loads(args.config).get("train") or {}).get("n_bits")
+    if explicit is not None and int(explicit) != n_bits:
+        raise ConfigError(f"finetune.n_bits={explicit} but {args.init} was trained with n_bits={n_bits}; the flow "
+                          "models one quantisation: set pretrain.n_bits and drop finetune.n_bits")
+    flow_cfg = from_mapping(FlowConfig, pre.config["flow"], where=f"{args.init}: config.flow")
+    del pre
+
+    data = PreparedData(args.data_dir)
+    train_set = data.dataset("train")
+    g = torch.load(args.gaussians, map_location="cpu", weights_only=True)
+    prior = ClassGaussianPrior.from_state_dict(g["prior"])
+    out = Path(args.out)
+    work = out.with_name(out.name + ".rounds")
+    plan = round_steps(cfg.steps, cfg.rounds)
+    log.info("finetune: %d steps in %d round(s) %s, n_bits=%d, %d training images", cfg.steps, cfg.rounds, plan,
+             n_bits, len(train_set))
+
+    rounds: list[dict[str, Any]] = []
+    curves: list[tuple[int, Path]] = []
+    init, offset, result = args.init, 0, None
+    for r, steps in enumerate(plan):
+        solve_rec: dict[str, Any] = {"source": args.gaussians}
+        if r > 0:
+            # Psi-step of Eq. 4: the setting's solver on the current flow's training latents.
+            t0 = time.perf_counter()
+            current = load_trained_flow(init)
+            stats = latent_class_stats(current.flow, train_set, data.num_classes, batch_size=512, n_bits=n_bits,
+                                       seed=cfg.seed + r, full=solver.method == "fpi_full")
+            sol = solve(stats, solver)
+            prior = ClassGaussianPrior.from_solution(sol.means, sol.variances)
+            solve_rec = {"status": sol.status, "iterations": sol.iterations, "message": sol.message,
+                         "seconds": time.perf_counter() - t0}
+            log.info("round %d: re-solved the Gaussians on the current latents: %s after %d iterations (%.1fs)",
+                     r, sol.status, sol.iterations, solve_rec["seconds"])
+        last = r == len(plan) - 1
+        out_r = out if last else work / f"round{r}.pt"
+        curve_r = work / f"round{r}.jsonl"
+        curve_r.parent.mkdir(parents=True, exist_ok=True)
+        seed_everything(cfg.seed + r)
+        flow = build_flow(flow_cfg, tuple(data.image_shape))  # weights come from `init` inside train_flow
+        record = {"flow": to_jsonable(flow_cfg), "image_shape": list(data.image_shape),
+                  "num_classes": data.num_classes, "stage": "finetune", "gaussians": str(args.gaussians),
+                  "round": r, "rounds": cfg.rounds}
+        if curve_r.exists() and not (out_r.with_name(out_r.name + ".resume") / "state.pt").exists():
+            curve_r.unlink()  # a fresh round: do not append to an earlier attempt's curve
+        result = train_flow(flow, train_set, prior, cfg.loop_config(r, steps, n_bits), out_path=out_r,
+                            init_checkpoint=init, config_record=record, metrics_path=curve_r)
+        trained = load_trained_flow(out_r)
+        val = (evaluate_flow(trained.flow, trained.prior, data.dataset("val"), n_bits=n_bits)["nf_acc"]
+               if len(data.labels("val")) else None)
+        rounds.append({"round": r, "steps": steps, "solve": solve_rec, "train": to_jsonable(result),
+                       "val_nf_acc": val})
+        log.info("round %d/%d done: %d steps, final loss %.3f, val NF-Acc %s", r + 1, len(plan), steps,
+                 result.final_loss, "n/a" if val is None else f"{100 * val:.2f}%")
+        curves.append((offset, curve_r))
+        init, offset = str(out_r), offset + steps
+
+    if args.log_jsonl:
+        _merge_curves(curves, Path(args.log_jsonl))
+    atomic_write_json(args.metrics, {
+        "stage": "finetune", "result": result, "rounds": rounds,
+        "parameters": sum(p.numel() for p in build_flow(flow_cfg, tuple(data.image_shape)).parameters()),
+        "config": {"flow": to_jsonable(flow_cfg), "train": to_jsonable(cfg), "setting": spec, "n_bits": n_bits,
+                   "image_shape": list(data.image_shape), "gaussians": str(args.gaussians)},
+        "provenance": provenance(args.config_hash),
+    })
+    # The intermediate rounds' weights are superseded by the final checkpoint (large for paper-scale flows).
+    for r in range(len(plan) - 1):
+        for path in (work / f"round{r}.pt", work / f"round{r}.pt.resume"):
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    log.info("finetune done: %s", result)
 
 
 if __name__ == "__main__":

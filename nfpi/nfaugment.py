@@ -52,11 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     from nfpi.data import PreparedData
     from nfpi.figures import augmentation_figure
     from nfpi.latents import open_latents
-    from nfpi.runtime import select_device
-    from nfpi.training import load_trained_flow
+    from nfpi.cli import load_flow_for_stage
 
-    device = select_device(cfg.device)
-    flow = load_trained_flow(args.checkpoint, map_location=device).flow.to(device)
+    trained, device = load_flow_for_stage(args.checkpoint, cfg.device, need_prior=False)
+    flow = trained.flow
     data = PreparedData(args.data_dir)
     z, y = open_latents(args.latents).read_all()
     axes = class_principal_axes(torch.from_numpy(z).double(), torch.from_numpy(y), data.num_classes, cfg.num_axes)
@@ -69,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     # The training latents are already on disk (same order as the images): no forward pass needed.
     zt = torch.from_numpy(z)
     aug_x, aug_y = nf_augment(flow, images, labels, axes, copies=cfg.copies, beta_max=cfg.beta_max,
-                              batch_size=cfg.batch_size, generator=gen, device=device, latents=zt)
+                              batch_size=cfg.batch_size, generator=gen, device=device, latents=zt,
+                              n_bits=trained.n_bits)
     with atomic_path(args.out, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, images=aug_x.cpu().numpy().astype(np.uint8), labels=aug_y.cpu().numpy().astype(np.int64))
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(cfg.figure_variants):
             # Pair the chosen originals with random same-class partners from the whole training set.
             vx, _ = nf_augment(flow, images, labels, axes, copies=1, beta_max=cfg.beta_max, batch_size=cfg.batch_size,
-                               generator=g2, device=device, indices=pick, latents=zt)
+                               generator=g2, device=device, indices=pick, latents=zt, n_bits=trained.n_bits)
             variants.append(vx.cpu().numpy())
         augmentation_figure(images[pick].numpy(), np.stack(variants, axis=1), labels[pick].numpy(), args.figure,
                             class_names=data.class_names,

@@ -44,22 +44,18 @@ def main(argv: list[str] | None = None) -> None:
     start_stage(args, "sample")
     cfg: SampleConfig = parse_slices(args.config, sample=SampleConfig)["sample"]
 
+    from nfpi.cli import load_flow_for_stage
     from nfpi.data import PreparedData
     from nfpi.evaluation import sample_images
     from nfpi.figures import sample_grid
-    from nfpi.runtime import select_device
-    from nfpi.training import load_trained_flow
 
-    device = select_device(cfg.device)
-    trained = load_trained_flow(args.checkpoint, map_location=device)
-    if trained.prior is None:
-        raise ValueError(f"{args.checkpoint}: has no class Gaussians to sample from")
+    trained, device = load_flow_for_stage(args.checkpoint, cfg.device)
     data = PreparedData(args.data_dir)
     k = trained.prior.means.shape[0]
     labels = torch.arange(k).repeat_interleave(cfg.per_class)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     images = sample_images(trained.flow.to(device), trained.prior.to(device), labels, temperature=cfg.temperature,
-                           batch_size=cfg.batch_size, generator=gen, device=device)
+                           batch_size=cfg.batch_size, generator=gen, device=device, n_bits=trained.n_bits)
     images_np = images.cpu().numpy().astype(np.uint8)
     labels_np = labels.numpy().astype(np.int64)
     with atomic_path(args.out, suffix=".npz") as tmp:

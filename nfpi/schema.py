@@ -89,7 +89,17 @@ def _json_type(tp: Any) -> dict[str, Any]:
 
 
 def _field_comments(cls: type) -> dict[str, str]:
-    """The trailing ``# comment`` of each field line in the class source (its description)."""
+    """The trailing ``# comment`` of each field line in the class source (its description); fields
+    inherited from a dataclass base keep the base's description unless the subclass redefines them."""
+    out: dict[str, str] = {}
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            out.update(_own_field_comments(base))
+    out.update(_own_field_comments(cls))
+    return out
+
+
+def _own_field_comments(cls: type) -> dict[str, str]:
     try:
         src = inspect.getsource(cls)
     except (OSError, TypeError):
@@ -155,6 +165,7 @@ def build_schema() -> dict[str, Any]:
     from nfpi.data import DataConfig
     from nfpi.evaluate import EvaluateConfig
     from nfpi.extract import ExtractConfig
+    from nfpi.finetune import FinetuneConfig
     from nfpi.flowfactor import FlowFactorConfig
     from nfpi.flows import FlowConfig
     from nfpi.fpi import FPIConfig
@@ -172,7 +183,10 @@ def build_schema() -> dict[str, Any]:
     props: dict[str, Any] = {
         "run": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]+$",
                 "description": "run name: every output goes under results/<run>/"},
-        "seed": {"type": "integer", "default": 0, "description": "global seed (recorded; stages take their own seeds)"},
+        "seed": {"type": "integer", "default": 0, "minimum": 0,
+                 "description": "replicate seed: added to every stage's own seed (pretrain, finetune, sample, cnn, "
+                                "swin, eva02, augment, extract, ...); the data split (data.split_seed) stays. "
+                                "`make seeds` runs replicates and tabulates their spread"},
         "threads": {"type": "object", "additionalProperties": False, "default": {"train": 2, "other": 1},
                     "description": "CPU threads per job",
                     "properties": {"train": {"type": "integer", "minimum": 1, "default": 2},
@@ -191,7 +205,10 @@ def build_schema() -> dict[str, Any]:
                                 doc="the NFPI fixed-point solver (Proposition 1); lam = 0 is Baseline 1"),
         "gd": dataclass_schema(FPIConfig, "gd", only=gd_keys,
                                doc="Baseline 2 (NF^GD): gradient descent on the same objective"),
-        "finetune": dataclass_schema(TrainConfig, "train", doc="flow fine-tuning on each setting's fixed Gaussians"),
+        # n_bits is the pretrained flow's (pretrain.n_bits): a second value here would be a contradiction
+        "finetune": dataclass_schema(FinetuneConfig, "train", only=tuple(f.name for f in dataclasses.fields(FinetuneConfig)
+                                                                           if f.name != "n_bits"),
+                                     doc="flow fine-tuning on each setting's Gaussians, re-solved between rounds"),
         "evaluate": dataclass_schema(EvaluateConfig, "evaluate"),
         "sample": dataclass_schema(SampleConfig, "sample"),
         "cnn": dataclass_schema(ClassifierConfig, "classifier", doc="ResNet18 trained on generated images (CNN-Acc)"),
@@ -211,6 +228,9 @@ def build_schema() -> dict[str, Any]:
                 "lambdas": {"type": "array", "items": {"type": "number", "minimum": 0}, "default": [],
                             "description": "Table 2: the lambda sweep"},
                 "ablation": {"type": "boolean", "default": True, "description": "Table 3: the KLD ablation"},
+                "ablation_lam": {"type": ["number", "null"], "minimum": 0, "default": None,
+                                 "description": "lambda of Table 3's rows #2-#4 (null: fpi.lam); learning the "
+                                                "variances diverges at a lower lambda than the means alone"},
                 "figure_lambdas": {"type": "array", "items": {"type": "number", "minimum": 0}, "minItems": 2,
                                    "maxItems": 2, "default": [10.0, 1000.0],
                                    "description": "Fig. 1(c)-(d): a small and a large lambda"},

@@ -61,11 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     t_solve = time.perf_counter() - t0
     log.info("%s: %s after %d iterations in %.2fs (%s)", args.name or "setting", result.status, result.iterations,
              t_solve, spec.get("method"))
-    means = result.means.to(torch.float32)
-    variances = result.variances.to(torch.float32)
-    if variances.dim() == 3:  # full covariance: the flow's prior is diagonal, keep the diagonal
-        variances = torch.diagonal(variances, dim1=-2, dim2=-1)
-    prior = ClassGaussianPrior(means, variances)
+    prior = ClassGaussianPrior.from_solution(result.means, result.variances)
     record = {
         "setting": args.name,
         "spec": spec,

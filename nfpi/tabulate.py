@@ -21,7 +21,7 @@ from typing import Any
 from nfpi import __version__
 from nfpi.cli import git_revision, stage_parser, start_stage
 from nfpi.config import config_hash
-from nfpi.experiments import lambda_setting_name, lineage_hash, settings_from_config, table_settings
+from nfpi.experiments import ablation_rows, lambda_setting_name, lineage_hash, settings_from_config, table_settings
 from nfpi.io import atomic_write_json, atomic_write_text
 from nfpi.tables import Cell, Table, cell_from, load_metrics, lookup, rows_markdown, write_table
 
@@ -73,18 +73,23 @@ def table2(cfg: Mapping[str, Any], r: Path, stamp: dict[str, str]) -> Table:
                  stamp)
 
 
+def _ablation_lam(cfg: Mapping[str, Any]) -> float:
+    lam = cfg.get("experiments", {}).get("ablation_lam")
+    return float(cfg["fpi"]["lam"] if lam is None else lam)
+
+
 def table3(cfg: Mapping[str, Any], r: Path, stamp: dict[str, str]) -> Table:
-    labels = {"baseline1": "#1: w/o KLD (lambda = 0)", "mu_only": "#2: w/ KLD on mu only (identity covariance)",
-              "var_only": "#3: w/ KLD on Sigma only", "nfpi": "#4: w/ KLD on mu and Sigma"}
     rows = []
-    for s, label in labels.items():
+    for label, s in ablation_rows(cfg):
+        label = f"{label} (the NFPI setting)" if s == "nfpi" else label  # same spec: one setting, one run
         f, fc = r / "metrics" / f"{s}.json", r / "cnn" / f"{s}.json"
         m = load_metrics(f, lineage_hash(cfg, s, "evaluate"))
         mc = load_metrics(fc, lineage_hash(cfg, s, "sample", "cnn"))
         rows.append([Cell(label), cell_from(m, f, "test.nf_acc", scale=PCT), cell_from(mc, fc, "test.top1", scale=PCT)])
     return Table("table3", f"Table 3: ablation of the KLD components ({cfg['data']['name']})",
                  ["Setting", "NF-Acc test (%)", "CNN-Acc test (%)"], rows,
-                 ["All settings initialise from the class data statistics except #2 (identity covariance, kept fixed)."],
+                 [f"lambda = {_ablation_lam(cfg)} for rows #2-#4. All rows initialise from the class data statistics except "
+                  "#2 (identity covariance, kept fixed)."],
                  stamp)
 
 

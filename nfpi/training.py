@@ -89,7 +89,7 @@ class TrainConfig:
     grad_clip: float | None = 50.0  # max global gradient norm; None: no clipping (the norm is still logged)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on CUDA (no-op on CPU); weights stay fp32
     hflip: bool = False  # random horizontal flips (drawn per image from the (seed, step) generator)
-    n_bits: int = 8  # bits per colour channel of the modelled data (bits/dim are reported for this)
+    n_bits: int | None = 8  # bits per channel of the modelled data (bits/dim are reported for it); null: the data's depth
     init_size: int = 256  # images used by actnorm's data-dependent init (the first of epoch 0's order)
     checkpoint_every: int = 200  # steps between rolling resume checkpoints (also the rollback target)
     log_every: int = 20  # steps between metrics lines (JSONL + log)
@@ -107,7 +107,7 @@ class TrainConfig:
             (self.warmup_steps >= 0, "train.warmup_steps must be >= 0"),
             (0.0 <= self.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),
             (self.grad_clip is None or self.grad_clip > 0, "train.grad_clip must be > 0 or null"),
-            (1 <= self.n_bits <= 8, "train.n_bits must be in 1..8"),
+            (self.n_bits is None or 1 <= self.n_bits <= 8, "train.n_bits must be in 1..8 or null"),
             (self.init_size >= 1, "train.init_size must be >= 1"),
             (self.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
             (self.log_every >= 1, "train.log_every must be >= 1"),
@@ -165,6 +165,12 @@ class TrainedFlow:
     prior: Any
     config: dict[str, Any]
     image_shape: tuple[int, int, int]
+
+    @property
+    def n_bits(self) -> int:
+        """Bits per channel the flow was trained on: every downstream stage (extraction, evaluation,
+        sampling, augmentation) must preprocess images the same way.  8 for checkpoints without a record."""
+        return int((self.config.get("train") or {}).get("n_bits", 8))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -391,6 +397,9 @@ def train_flow(
     Gaussians, start weights) matches.  Every rank calls this function under ``torchrun``; only rank 0 writes files.
     """
     t_start = time.perf_counter()
+    if cfg.n_bits is None:
+        raise ValueError("train_flow: cfg.n_bits is None; resolve it first (the pretrain stage uses the prepared "
+                         "data's bit depth, PreparedData.n_bits)")
     info = ddp.init_distributed(cfg.device)
     device, world, rank = info.device, info.world_size, info.rank
     if cfg.batch_size % world:

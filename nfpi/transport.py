@@ -58,15 +58,17 @@ METHODS: dict[str, str] = {
 }
 
 
-def decode(flow: torch.nn.Module, z: Tensor, *, batch_size: int = 256, device: torch.device | str = "cpu") -> Tensor:
-    """``x = f^{-1}(z)`` for latents ``z [B, D]`` as uint8 images ``[B, C, H, W]`` (spec, "Sampling")."""
+def decode(flow: torch.nn.Module, z: Tensor, *, batch_size: int = 256, device: torch.device | str = "cpu",
+           n_bits: int = 8) -> Tensor:
+    """``x = f^{-1}(z)`` for latents ``z [B, D]`` as uint8 images ``[B, C, H, W]`` (spec, "Sampling");
+    ``n_bits``: the bits per channel the flow was trained on."""
     from nfpi.density import postprocess
 
     out = []
     with torch.inference_mode():
         for s in range(0, len(z), batch_size):
             x = flow.inverse(z[s:s + batch_size].to(device, torch.float32))
-            out.append(postprocess(x.float().cpu()))
+            out.append(postprocess(x.float().cpu(), n_bits=n_bits))
     return torch.cat(out)
 
 
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     images: dict[str, np.ndarray] = {}
     flow = trained.flow.to(device)
     for name, z in latents.items():
-        images[name] = train_images[pick_t.numpy()] if name == "real_train" else decode(flow, z, device=device).numpy()
+        images[name] = train_images[pick_t.numpy()] if name == "real_train" else decode(flow, z, device=device, n_bits=trained.n_bits).numpy()
 
     # -- evaluation context: held-out latents, modes, kernel widths, the independent classifier
     test_by, train_by = _by_class(zte, yte, k), _by_class(ztr, ytr, k)

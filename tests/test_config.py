@@ -7,7 +7,8 @@ from typing import Literal
 
 import pytest
 
-from nfpi.config import ConfigError, config_hash, from_mapping, load_slice
+from nfpi.config import ConfigError, config_hash, from_mapping
+from nfpi.cli import parse_slices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,9 +45,9 @@ def test_wrong_type_and_literal_are_named() -> None:
         from_mapping(Opts, {"lam": "big"}, where="fpi")
 
 
-def test_load_slice_and_hash() -> None:
-    assert load_slice(Opts, '{"maybe": 3}', where="s").maybe == 3
+def test_parse_slices_and_hash() -> None:
+    assert parse_slices('{"s": {"maybe": 3}}', s=Opts)["s"].maybe == 3
     with pytest.raises(ConfigError, match="not valid JSON"):
-        load_slice(Opts, "{", where="s")
+        parse_slices("{", s=Opts)
     assert config_hash({"a": 1, "b": 2}) == config_hash({"b": 2, "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})

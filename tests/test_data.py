@@ -78,7 +78,7 @@ def test_digits_splits_partition_the_source(digits: PreparedData) -> None:
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    src = np.rint(d.images * 255 / 16).astype(np.uint8)[:, None]
+    src = np.minimum(d.images * 16, 255).astype(np.uint8)[:, None]
     x, y = _all(digits)
     assert x.dtype == np.uint8 and y.dtype == np.int64
     assert digits.image_shape == (1, 8, 8) and digits.num_classes == 10
@@ -459,3 +459,34 @@ def test_imagenet_as_imagefolder_is_resized(tmp_path: Path) -> None:
     assert meta["image_shape"] == [3, 32, 32]
     # ImageNet's official validation folder is the test split (the paper's "50k for testing")
     assert meta["counts"] == {"train": 6, "val": 0, "test": 3} and meta["class_names"] == ["n01", "n02"]
+
+
+def test_imagefolder_16bit_png_is_rescaled_not_clipped(tmp_path: Path) -> None:
+    """PIL's convert() clips 16-bit grey PNGs at 255; the reader keeps the high byte instead."""
+    from PIL import Image
+
+    ramp = np.linspace(0, 65535, 64).reshape(8, 8).astype(np.uint16)
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (tmp_path / "src" / split / c).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(ramp if c == "a" else ramp // 2).save(tmp_path / "src" / split / c / f"{i}.png")
+    assert Image.open(tmp_path / "src" / "train" / "a" / "0.png").mode == "I;16"
+    prepare_dataset(DataConfig(name="imagefolder", root=str(tmp_path / "src"), channels=1), tmp_path / "out")
+    d = PreparedData(tmp_path / "out")
+    x, y = d.images("test"), d.labels("test")
+    assert np.array_equal(x[y == 0][0, 0], (ramp >> 8).astype(np.uint8))  # a ramp 0..255, not 0, 255, 255, ...
+    assert d.n_bits == 8
+
+
+def test_npz_bytes_class_names_are_decoded(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        np.savez(tmp_path / f"{split}.npz", images=rng.integers(0, 255, (12, 8, 8), dtype=np.uint8),
+                 labels=np.arange(12) % 2, class_names=np.array([b"cat", b"dog"]))
+    meta = prepare_dataset(DataConfig(name="npz", root=str(tmp_path)), tmp_path / "out")
+    assert meta["class_names"] == ["cat", "dog"]
+
+
+def test_digits_record_their_bit_depth(digits: PreparedData) -> None:
+    assert digits.n_bits == 4 and digits.meta["n_bits"] == 4

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from nfpi.experiments import lambda_setting_name, lineage_hash, settings_from_config, table_settings
+from nfpi.experiments import ablation_rows, lambda_setting_name, lineage_hash, settings_from_config, table_settings
 
 CONFIG = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" / "config.yaml").read_text())
 
@@ -18,8 +18,11 @@ def test_settings_cover_tables() -> None:
     for names in t.values():
         assert set(names) <= set(s)
     assert s["baseline1"].spec["lam"] == 0.0
-    assert s["mu_only"].spec["learn"] == "mean" and s["mu_only"].spec["init"] == "identity"
-    assert s["var_only"].spec["learn"] == "var"
+    assert s["baseline1"].spec["learn"] == "both" and s["baseline1"].spec["init"] == "data"  # whatever fpi says
+    rows = dict((label[:2], name) for label, name in ablation_rows(CONFIG))
+    assert s[rows["#2"]].spec["learn"] == "mean" and s[rows["#2"]].spec["init"] == "identity"
+    assert s[rows["#3"]].spec["learn"] == "var" and s[rows["#4"]].spec["learn"] == "both"
+    assert t["table3"] == [rows[k] for k in ("#1", "#2", "#3", "#4")]
     assert {s[n].spec["policy"] for n in t["table1"] if n.startswith("gd_")} == {
         "sublinear_v1", "sublinear_v2", "linear", "superlinear_v1", "superlinear_v2"}
     # Every setting a CNN table needs is flagged for sampling + CNN training.
@@ -41,3 +44,27 @@ def test_editing_lambda_changes_only_dependent_lineages() -> None:
     cfg3["sample"]["temperature"] = 0.5
     assert lineage_hash(CONFIG, "nfpi", "evaluate") == lineage_hash(cfg3, "nfpi", "evaluate")
     assert lineage_hash(CONFIG, "nfpi", "sample", "cnn") != lineage_hash(cfg3, "nfpi", "sample", "cnn")
+
+
+def test_same_spec_is_one_setting_and_table1_names_stay() -> None:
+    """An ablation row or sweep lambda with another setting's solver spec reuses that setting."""
+    cfg = copy.deepcopy(CONFIG)
+    cfg["fpi"].update(lam=50, learn="mean", init="identity")
+    cfg["experiments"].update(lambdas=[5.0, 50.0], ablation_lam=None, figure_lambdas=[5, 50])
+    s, t = settings_from_config(cfg), table_settings(cfg)
+    assert t["table2"] == ["lam5", "nfpi"]  # 50 (an int in YAML) is fpi.lam 50
+    assert t["table3"][1] == "nfpi" and "mu_only" not in s  # row #2 at fpi.lam is the NFPI setting
+    assert len({json_key(x.spec) for x in s.values()}) == len(s)  # no spec solved twice
+    cfg["experiments"]["ablation_lam"] = 5
+    assert table_settings(cfg)["table3"][1] == "lam5"
+    # lambda = 0 with learn both / init data is Baseline 1's spec: both names still exist for Table 1.
+    cfg["fpi"].update(lam=0.0, learn="both", init="data")
+    s = settings_from_config(cfg)
+    assert {"baseline1", "nfpi"} <= set(s)
+
+
+def json_key(spec: dict) -> str:
+    import json
+
+    return json.dumps({k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in spec.items()},
+                      sort_keys=True)

@@ -35,8 +35,17 @@ wildcard_constraints:
     sa="none|sa",
 
 
+# Stage sections with a `seed`: a replicate run (`seed: s`, e.g. `make seeds`) adds s to each of them,
+# so every source of training randomness changes while the data split (data.split_seed) stays.
+SEEDED = ("train", "sample", "classifier", "augment", "extract", "latent_ot", "flowfactor", "figures")
+
+
 def slices(**sections):
     """The JSON a stage receives: only the config sections it needs (so edits rerun only it)."""
+    offset = int(config.get("seed", 0))
+    if offset:
+        sections = {k: {**v, "seed": int(v.get("seed", 0)) + offset} if k in SEEDED and isinstance(v, dict) else v
+                    for k, v in sections.items()}
     return json.dumps(sections, sort_keys=True)
 
 

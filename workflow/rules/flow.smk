@@ -61,7 +61,8 @@ rule finetune:
         metrics=f"{R}/flows/{{setting}}.json",
         curve=f"{R}/flows/{{setting}}.jsonl",
     params:
-        cfg=lambda wc: slices(train=config["finetune"]),
+        # The setting's solver spec too: rounds > 1 re-solve the Gaussians on the current latents.
+        cfg=lambda wc: slices(train=config["finetune"], setting=SETTINGS[wc.setting].spec),
         chash=lambda wc: lineage_hash(config, wc.setting),
         launch=lambda wc, resources: launcher(resources.gpu),
     log:
