@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nfpi.config import ConfigError, from_mapping
 from nfpi.flows import FlowConfig, available_flows, available_layers, build_flow, build_layer
@@ -292,3 +293,21 @@ def test_preset_parameter_counts() -> None:
     assert 50_000 < digits < 150_000, digits
     for preset, shape in [("imagenet32", (3, 32, 32)), ("imagenet64", (3, 64, 64))]:
         assert _count(FlowConfig(preset=preset), shape) > 1e7
+
+
+def test_cpu_elu_matches_torch_and_its_gradient() -> None:
+    """The vectorised CPU ELU of the coupling networks is torch's ELU, values and gradients."""
+    from nfpi.flows.layers import elu
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 8, 5, 5, generator=g, dtype=torch.float64) * 3
+    x[0, 0, 0, :3] = torch.tensor([0.0, -1e-12, 1e-12], dtype=torch.float64)
+    torch.testing.assert_close(elu(x.clone()), F.elu(x), rtol=0, atol=1e-15)
+    x32 = x.float()
+    torch.testing.assert_close(elu(x32.clone()), F.elu(x32), rtol=0, atol=1e-6)
+    xr = x.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(elu, (xr,), eps=1e-6, atol=1e-8)
+    (gx,) = torch.autograd.grad(elu(xr).sum(), xr)
+    xt = x.clone().requires_grad_(True)
+    (gt,) = torch.autograd.grad(F.elu(xt).sum(), xt)
+    torch.testing.assert_close(gx, gt)  # including x = 0, where both give 1
