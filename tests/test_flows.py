@@ -297,8 +297,9 @@ def test_preset_parameter_counts() -> None:
 
 def test_cpu_elu_matches_torch_and_its_gradient() -> None:
     """The vectorised CPU ELU of the coupling networks is torch's ELU, values and gradients."""
-    from nfpi.flows.layers import elu
+    from nfpi.flows.layers import _CpuELU
 
+    elu = _CpuELU.apply  # the production `elu` picks it for large CPU tensors only
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 8, 5, 5, generator=g, dtype=torch.float64) * 3
     x[0, 0, 0, :3] = torch.tensor([0.0, -1e-12, 1e-12], dtype=torch.float64)
@@ -311,3 +312,14 @@ def test_cpu_elu_matches_torch_and_its_gradient() -> None:
     xt = x.clone().requires_grad_(True)
     (gt,) = torch.autograd.grad(F.elu(xt).sum(), xt)
     torch.testing.assert_close(gx, gt)  # including x = 0, where both give 1
+
+
+def test_elu_dispatch_by_size() -> None:
+    from nfpi.flows import layers
+
+    small, large = torch.randn(2, 3, 4, 4), torch.randn(1, 2, 256, 256)  # 2^17 elements
+    assert large.numel() >= layers._CPU_ELU_MIN_NUMEL > small.numel()
+    torch.testing.assert_close(layers.elu(small.clone()), F.elu(small))
+    y = layers.elu(large.clone().requires_grad_(True) * 1.0)
+    assert y.grad_fn is not None and "CpuELU" in type(y.grad_fn).__name__
+    torch.testing.assert_close(y.detach(), F.elu(large), rtol=0, atol=1e-6)
