@@ -270,41 +270,33 @@ class NormConv2d(DataInitModule):
         return F.conv2d(x, self.weight * self.scale.view(-1, 1, 1, 1), self.shift, padding=self.padding)
 
 
-class _CpuELU(torch.autograd.Function):
-    """ELU (alpha = 1) as ``exp(min(x, 0)) - 1 + max(x, 0)``: the same function, with a vectorised exp.
+def _elu_vectorised_(x: Tensor) -> Tensor:
+    """ELU (alpha = 1) in place as ``exp(min(x, 0)) - 1 + max(x, 0)``: the same function, vectorised.
 
     torch's CPU ELU kernel calls an unvectorised ``expm1`` per element: 12 ms for a [16, 128, 16, 16]
     tensor against 1 ms here (1 thread, AVX-512), and it was 54% of a CIFAR-preset forward pass
     (docs/bench/flows.md).  Values agree to float rounding (|difference| <= 6e-8 in float32; the
-    ``exp - 1`` form loses relative, not absolute, precision near 0).  Like torch's in-place ELU, the
-    backward needs only the output: ``dy/dx = 1`` where ``y > 0`` and ``y + 1 = exp(x)`` elsewhere.
+    ``exp - 1`` form loses relative, not absolute, precision near 0).
     """
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:  # type: ignore[override]
-        y = torch.exp(torch.clamp(x, max=0.0)).sub_(1.0).add_(torch.clamp(x, min=0.0))
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        (y,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        return torch.where(y > 0, grad, grad * (y + 1.0))
+    neg = torch.clamp(x, max=0.0).exp_().sub_(1.0)
+    return x.clamp_(min=0.0).add_(neg)
 
 
 def elu(x: Tensor) -> Tensor:
-    """ELU for the coupling networks: the vectorised form on CPU, torch's fused kernel elsewhere.
+    """ELU of a fresh intermediate ``x`` (a conv output, overwritten in place).
 
-    ``x`` must be a fresh intermediate (a conv output): on CUDA it is overwritten in place, so that
-    autograd keeps only the ELU result (halves activation memory), as the CPU path does.
+    Without autograd on the CPU (extraction, evaluation, sampling) large tensors take the vectorised
+    form; training keeps torch's in-place kernel, whose backward needs only the output (the
+    vectorised form measured the same training speed with more temporary memory), as does CUDA.
     """
-    if x.device.type == "cpu" and x.numel() >= _CPU_ELU_MIN_NUMEL:
-        return _CpuELU.apply(x)
+    no_autograd = not (torch.is_grad_enabled() and x.requires_grad)
+    if x.device.type == "cpu" and x.numel() >= _CPU_ELU_MIN_NUMEL and no_autograd:
+        return _elu_vectorised_(x)
     return F.elu(x, inplace=True)
 
 
-# Below this size the five small kernels of `_CpuELU` cost more than torch's one slow kernel: the
-# digits preset (at most 64 x 24 x 4 x 4 = 24,576 elements) trained 10% slower with it.
+# Below this size torch's single kernel beats the vectorised form's four (the digits preset's
+# largest ELU input is 64 x 24 x 4 x 4 = 24,576 elements).
 _CPU_ELU_MIN_NUMEL = 1 << 17
 
 
