@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("finetune: %d steps in %d round(s) %s, n_bits=%d, %d training images", cfg.steps, cfg.rounds, plan,
              n_bits, len(train_set))
 
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # torchrun sets RANK; train_flow writes on rank 0 too
     rounds: list[dict[str, Any]] = []
     curves: list[tuple[int, Path]] = []
     init, offset, result = args.init, 0, None
@@ -155,8 +157,8 @@ def main(argv: list[str] | None = None) -> None:
         record = {"flow": to_jsonable(flow_cfg), "image_shape": list(data.image_shape),
                   "num_classes": data.num_classes, "stage": "finetune", "gaussians": str(args.gaussians),
                   "round": r, "rounds": cfg.rounds}
-        if curve_r.exists() and not (out_r.with_name(out_r.name + ".resume") / "state.pt").exists():
-            curve_r.unlink()  # a fresh round: do not append to an earlier attempt's curve
+        if main_rank and not (out_r.with_name(out_r.name + ".resume") / "state.pt").exists():
+            curve_r.unlink(missing_ok=True)  # a fresh round: do not append to an earlier attempt's curve
         result = train_flow(flow, train_set, prior, cfg.loop_config(r, steps, n_bits), out_path=out_r,
                             init_checkpoint=init, config_record=record, metrics_path=curve_r)
         trained = load_trained_flow(out_r)
@@ -169,6 +171,8 @@ def main(argv: list[str] | None = None) -> None:
         curves.append((offset, curve_r))
         init, offset = str(out_r), offset + steps
 
+    if not main_rank:
+        return  # under torchrun, rank 0 writes the summary and cleans up (train_flow wrote the weights)
     if args.log_jsonl:
         _merge_curves(curves, Path(args.log_jsonl))
     atomic_write_json(args.metrics, {
@@ -182,9 +186,9 @@ def main(argv: list[str] | None = None) -> None:
     for r in range(len(plan) - 1):
         for path in (work / f"round{r}.pt", work / f"round{r}.pt.resume"):
             if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
     log.info("finetune done: %s", result)
 
 
