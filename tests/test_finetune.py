@@ -139,3 +139,28 @@ def test_misuse_names_the_key(pipeline: dict[str, Path]) -> None:
     with pytest.raises(ConfigError, match="n_bits"):
         _finetune(pipeline, out, {**TRAIN, "n_bits": 8})
     assert not out.exists()
+
+
+def test_two_process_ddp_rounds_match_one_process(pipeline: dict[str, Path]) -> None:
+    """torchrun with 2 gloo processes (same global batch) gives the 1-process result, re-solves included."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = json.dumps({"train": {**TRAIN, "steps": 6, "rounds": 2, "device": "cpu"}, "setting": SPEC})
+    outs = {}
+    for n in (1, 2):
+        out = pipeline["root"] / f"ddp{n}" / "nfpi.pt"
+        out.parent.mkdir()
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
+        proc = subprocess.run(launch + ["-m", "nfpi.finetune", "--config", cfg, "--data-dir", str(pipeline["data"]),
+                                        "--init", str(pipeline["pre"]), "--gaussians", str(pipeline["gaussians"]),
+                                        "--out", str(out), "--metrics", str(out.with_suffix(".json"))],
+                              capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outs[n] = load_trained_flow(out)
+    a, b = outs[1].flow.state_dict(), outs[2].flow.state_dict()
+    for k in a:
+        if a[k].is_floating_point():
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(outs[1].prior.means, outs[2].prior.means, rtol=1e-4, atol=1e-4)
