@@ -133,14 +133,13 @@ def main(argv: list[str] | None = None) -> None:
     main_rank = int(os.environ.get("RANK", "0")) == 0  # torchrun sets RANK; train_flow writes on rank 0 too
     rounds: list[dict[str, Any]] = []
     curves: list[tuple[int, Path]] = []
-    init, offset, result = args.init, 0, None
+    init, offset, result, trained = args.init, 0, None, None
     for r, steps in enumerate(plan):
         solve_rec: dict[str, Any] = {"source": args.gaussians}
         if r > 0:
             # Psi-step of Eq. 4: the setting's solver on the current flow's training latents.
             t0 = time.perf_counter()
-            current = load_trained_flow(init)
-            stats = latent_class_stats(current.flow, train_set, data.num_classes, batch_size=512, n_bits=n_bits,
+            stats = latent_class_stats(trained.flow, train_set, data.num_classes, batch_size=512, n_bits=n_bits,
                                        seed=cfg.seed + r, full=solver.method == "fpi_full")
             sol = solve(stats, solver)
             prior = ClassGaussianPrior.from_solution(sol.means, sol.variances)
@@ -161,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
             curve_r.unlink(missing_ok=True)  # a fresh round: do not append to an earlier attempt's curve
         result = train_flow(flow, train_set, prior, cfg.loop_config(r, steps, n_bits), out_path=out_r,
                             init_checkpoint=init, config_record=record, metrics_path=curve_r)
-        trained = load_trained_flow(out_r)
+        trained = load_trained_flow(out_r)  # EMA weights: the next round's re-solve uses them too
         val = (evaluate_flow(trained.flow, trained.prior, data.dataset("val"), n_bits=n_bits)["nf_acc"]
                if len(data.labels("val")) else None)
         rounds.append({"round": r, "steps": steps, "solve": solve_rec, "train": to_jsonable(result),
@@ -177,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         _merge_curves(curves, Path(args.log_jsonl))
     atomic_write_json(args.metrics, {
         "stage": "finetune", "result": result, "rounds": rounds,
-        "parameters": sum(p.numel() for p in build_flow(flow_cfg, tuple(data.image_shape)).parameters()),
+        "parameters": sum(p.numel() for p in trained.flow.parameters()),
         "config": {"flow": to_jsonable(flow_cfg), "train": to_jsonable(cfg), "setting": spec, "n_bits": n_bits,
                    "image_shape": list(data.image_shape), "gaussians": str(args.gaussians)},
         "provenance": provenance(args.config_hash),
