@@ -7,6 +7,7 @@ process so ``ru_maxrss`` is that configuration's peak.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_flow.py --preset digits --batch 64 256
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_flow.py --preset cifar --batch 16 64 --steps 3
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_flow.py --preset cifar --batch 16 64 --mode train --precision bf16
 
 Prints one JSON line per configuration and a Markdown table (``--out FILE`` writes the table).
 """
@@ -29,19 +30,21 @@ sys.path.insert(0, str(ROOT))
 SHAPES = {"digits": (1, 8, 8), "cifar": (3, 32, 32), "imagenet32": (3, 32, 32), "imagenet64": (3, 64, 64)}
 
 
-def run_one(preset: str, arch: str, batch: int, mode: str, steps: int, warmup: int, threads: int) -> dict:
+def run_one(preset: str, arch: str, batch: int, mode: str, steps: int, warmup: int, threads: int,
+            precision: str = "fp32") -> dict:
     """Time ``steps`` iterations (after ``warmup``) in this process; return images/s stats and peak RSS."""
     import torch
 
-    from nfpi.density import ClassGaussianPrior, flow_nll, preprocess
+    from nfpi.density import ClassGaussianPrior, preprocess
     from nfpi.flows import FlowConfig, build_flow
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     shape = SHAPES[preset]
-    from nfpi.runtime import flush_denormals
+    from nfpi.runtime import autocast, flush_denormals, keep_freed_memory
 
-    flush_denormals()  # as every training stage does (see nfpi.runtime.flush_denormals)
+    flush_denormals()  # as every stage process does (nfpi.cli.start_stage)
+    keep_freed_memory()
     flow = build_flow(FlowConfig(arch=arch, preset=preset), shape)
     n_params = sum(p.numel() for p in flow.parameters())
     g = torch.Generator().manual_seed(0)
@@ -54,9 +57,11 @@ def run_one(preset: str, arch: str, batch: int, mode: str, steps: int, warmup: i
         flow.train()
 
         def step() -> None:
-            nll, _ = flow_nll(flow, prior, preprocess(x, generator=g), y)
+            with autocast(torch.device("cpu"), precision):  # as nfpi.training.train_flow
+                z, logdet = flow(preprocess(x, generator=g))
+            loss = -(prior.log_prob(z.float(), y) + logdet.float()).mean()
             opt.zero_grad(set_to_none=True)
-            nll.mean().backward()
+            loss.backward()
             opt.step()
 
     else:
@@ -83,6 +88,7 @@ def run_one(preset: str, arch: str, batch: int, mode: str, steps: int, warmup: i
         "mode": mode,
         "batch": batch,
         "threads": threads,
+        "precision": precision,
         "params": n_params,
         "step_s_median": med,
         "step_s_all": times,
@@ -102,6 +108,8 @@ def main() -> None:
     ap.add_argument("--arch", default="matexp_glow")
     ap.add_argument("--batch", type=int, nargs="+", default=[64])
     ap.add_argument("--mode", nargs="+", default=["train", "extract"], choices=["train", "extract"])
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="training steps under nfpi.runtime.autocast (bf16: coupling networks in bf16 on a CPU with native bf16)")
     ap.add_argument("--steps", type=int, default=5, help="timed iterations per configuration (median reported)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -109,24 +117,26 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="append the Markdown table to this file")
     args = ap.parse_args()
     if args.single:
-        print(json.dumps(run_one(args.preset, args.arch, args.batch[0], args.mode[0], args.steps, args.warmup, args.threads)))
+        print(json.dumps(run_one(args.preset, args.arch, args.batch[0], args.mode[0], args.steps, args.warmup, args.threads,
+                                 args.precision)))
         return
     rows = []
     for mode in args.mode:
         for batch in args.batch:
             cmd = [sys.executable, __file__, "--single", "--preset", args.preset, "--arch", args.arch, "--batch", str(batch),
-                   "--mode", mode, "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
+                   "--mode", mode, "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
+                   "--precision", args.precision]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             row = json.loads(out)
             print(json.dumps(row), flush=True)
             rows.append(row)
     lines = [
-        "| preset | arch | params | mode | batch | threads | images/s (wall, median) | images/s (CPU-time adjusted) | step s (median; all) | load avg | peak RSS GB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| preset | arch | params | mode | precision | batch | threads | images/s (wall, median) | images/s (CPU-time adjusted) | step s (median; all) | load avg | peak RSS GB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['preset']} | {r['arch']} | {r['params'] / 1e6:.3f}M | {r['mode']} | {r['batch']} | {r['threads']} | "
+            f"| {r['preset']} | {r['arch']} | {r['params'] / 1e6:.3f}M | {r['mode']} | {r['precision']} | {r['batch']} | {r['threads']} | "
             f"{r['images_per_s']:.2f} | {r['images_per_s_cpu_adjusted']:.2f} | {r['step_s_median']:.3f}; "
             f"{', '.join(f'{t:.3f}' for t in r['step_s_all'])} | {r['load_avg_1min']:.1f} | {r['peak_rss_gb']:.2f} |"
         )

@@ -90,7 +90,7 @@ class ClassifierConfig:
         num_workers: DataLoader workers for the per-sample standard augmentations.
         seed: seeds initialisation, batch order and augmentations.
         device: ``"auto"`` (CUDA if visible), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
-        precision: ``"bf16"`` autocasts on CUDA (no-op on CPU), ``"fp32"`` otherwise.
+        precision: ``"bf16"`` autocasts on CUDA and bf16-capable CPUs (:func:`nfpi.runtime.autocast`), ``"fp32"`` otherwise.
         log_every: log a progress line every this many steps (0: per epoch only).
     """
 

@@ -91,11 +91,12 @@ def provenance(config_hash: str) -> dict[str, Any]:
 
 def start_stage(args: argparse.Namespace, name: str) -> None:
     """Logging, threads and a header line naming the job (and its SLURM job id, if any)."""
-    from nfpi.runtime import flush_denormals, set_threads, setup_logging
+    from nfpi.runtime import flush_denormals, keep_freed_memory, set_threads, setup_logging
 
     setup_logging()
     set_threads(args.threads)
     flush_denormals()
+    keep_freed_memory()
     job = os.environ.get("SLURM_JOB_ID")
     log.info(
         "stage %s | nfpi %s | python %s | host %s | SLURM_JOB_ID=%s | threads=%s",

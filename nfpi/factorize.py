@@ -170,11 +170,12 @@ def adapt_flow(flow_path: str | Path, train_x: Tensor, train_y: Tensor, cfg: ff.
     from torch.utils.data import TensorDataset
 
     from nfpi.density import ClassGaussianPrior
-    from nfpi.training import TrainConfig, load_trained_flow, resume_path, train_flow
+    from nfpi.training import StartWeights, TrainConfig, resume_path, train_flow
 
     if metrics_path is not None and metrics_path.exists() and not resume_path(out_path).exists():
         metrics_path.unlink()  # a fresh adaptation: do not append to an earlier run's curve
-    trained = load_trained_flow(flow_path)
+    start = StartWeights.read(flow_path)  # one read: its config, prior and the start weights
+    trained = start.trained_flow()
     num_classes = int(train_y.max()) + 1
     prior = trained.prior if trained.prior is not None else ClassGaussianPrior.standard(num_classes, train_x[0].numel())
     gen = torch.Generator().manual_seed(cfg.seed + 4242)
@@ -196,7 +197,7 @@ def adapt_flow(flow_path: str | Path, train_x: Tensor, train_y: Tensor, cfg: ff.
     log.info("adapting %s: %d steps on %d images (%d plain + %d transformed)", flow_path, cfg.adapt_steps,
              len(dataset), len(train_x), len(tx))
     res = train_flow(trained.flow.float().cpu(), dataset, prior, tcfg, out_path=out_path,
-                     init_checkpoint=str(flow_path), config_record=record, metrics_path=metrics_path)
+                     init_checkpoint=start, config_record=record, metrics_path=metrics_path)
     return dataclasses.asdict(res)
 
 

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     from nfpi.config import from_mapping
     from nfpi.flows import FlowConfig, build_flow
     from nfpi.runtime import seed_everything
-    from nfpi.training import load_trained_flow, train_flow
+    from nfpi.training import StartWeights, train_flow
 
     slices = parse_slices(args.config, train=FinetuneConfig)
     cfg: FinetuneConfig = slices["train"]
@@ -110,15 +110,14 @@ def main(argv: list[str] | None = None) -> None:
                           "('setting': {<nfpi.fpi.FPIConfig keys>}), as the workflow's finetune rule passes it")
     solver = from_mapping(FPIConfig, spec, where="setting") if isinstance(spec, dict) else None
 
-    # The flow config and the bits per channel come from the pretrained checkpoint (one read).
-    pre = load_trained_flow(args.init)
-    n_bits = pre.n_bits
+    # The flow config, the bits per channel and the start weights: one read of the pretrained checkpoint.
+    start = StartWeights.read(args.init)
+    n_bits = start.n_bits
     explicit = (json.loads(args.config).get("train") or {}).get("n_bits")
     if explicit is not None and int(explicit) != n_bits:
         raise ConfigError(f"finetune.n_bits={explicit} but {args.init} was trained with n_bits={n_bits}; the flow "
                           "models one quantisation: set pretrain.n_bits and drop finetune.n_bits")
-    flow_cfg = from_mapping(FlowConfig, pre.config["flow"], where=f"{args.init}: config.flow")
-    del pre
+    flow_cfg = from_mapping(FlowConfig, start.config["flow"], where=f"{args.init}: config.flow")
 
     data = PreparedData(args.data_dir)
     train_set = data.dataset("train")
@@ -133,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     main_rank = int(os.environ.get("RANK", "0")) == 0  # torchrun sets RANK; train_flow writes on rank 0 too
     rounds: list[dict[str, Any]] = []
     curves: list[tuple[int, Path]] = []
-    init, offset, result, trained = args.init, 0, None, None
+    offset, result, trained = 0, None, None
     for r, steps in enumerate(plan):
         solve_rec: dict[str, Any] = {"source": args.gaussians}
         if r > 0:
@@ -152,15 +151,18 @@ def main(argv: list[str] | None = None) -> None:
         curve_r = work / f"round{r}.jsonl"
         curve_r.parent.mkdir(parents=True, exist_ok=True)
         seed_everything(cfg.seed + r)
-        flow = build_flow(flow_cfg, tuple(data.image_shape))  # weights come from `init` inside train_flow
+        flow = build_flow(flow_cfg, tuple(data.image_shape))  # weights come from `start` inside train_flow
         record = {"flow": to_jsonable(flow_cfg), "image_shape": list(data.image_shape),
                   "num_classes": data.num_classes, "stage": "finetune", "gaussians": str(args.gaussians),
                   "round": r, "rounds": cfg.rounds}
         if main_rank and not (out_r.with_name(out_r.name + ".resume") / "state.pt").exists():
             curve_r.unlink(missing_ok=True)  # a fresh round: do not append to an earlier attempt's curve
         result = train_flow(flow, train_set, prior, cfg.loop_config(r, steps, n_bits), out_path=out_r,
-                            init_checkpoint=init, config_record=record, metrics_path=curve_r)
-        trained = load_trained_flow(out_r)  # EMA weights: the next round's re-solve uses them too
+                            init_checkpoint=start, config_record=record, metrics_path=curve_r)
+        # Read once: the validation and the next round's re-solve use its EMA flow, the next round
+        # starts from its weights.
+        start = StartWeights.read(out_r)
+        trained = start.trained_flow()
         val = (evaluate_flow(trained.flow, trained.prior, data.dataset("val"), n_bits=n_bits)["nf_acc"]
                if len(data.labels("val")) else None)
         rounds.append({"round": r, "steps": steps, "solve": solve_rec, "train": to_jsonable(result),
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("round %d/%d done: %d steps, final loss %.3f, val NF-Acc %s", r + 1, len(plan), steps,
                  result.final_loss, "n/a" if val is None else f"{100 * val:.2f}%")
         curves.append((offset, curve_r))
-        init, offset = str(out_r), offset + steps
+        offset += steps
 
     if not main_rank:
         return  # under torchrun, rank 0 writes the summary and cleans up (train_flow wrote the weights)

@@ -56,6 +56,7 @@ __all__ = [
     "TrainedFlow",
     "train_flow",
     "load_trained_flow",
+    "StartWeights",
     "resume_path",
     "lr_at",
     "global_batch_indices",
@@ -87,7 +88,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # L2 penalty added to the gradient (torch's Adamax/Adam convention)
     ema_decay: float = 0.999  # EMA decay; effective decay min(ema_decay, (1+t)/(10+t)) so short runs' EMA is usable
     grad_clip: float | None = 50.0  # max global gradient norm; None: no clipping (the norm is still logged)
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on CUDA (no-op on CPU); weights stay fp32
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on CUDA and bf16-capable CPUs (else fp32); weights stay fp32
     hflip: bool = False  # random horizontal flips (drawn per image from the (seed, step) generator)
     n_bits: int | None = 8  # bits per channel of the modelled data (bits/dim are reported for it); null: the data's depth
     init_size: int = 256  # images used by actnorm's data-dependent init (the first of epoch 0's order)
@@ -170,7 +171,52 @@ class TrainedFlow:
     def n_bits(self) -> int:
         """Bits per channel the flow was trained on: every downstream stage (extraction, evaluation,
         sampling, augmentation) must preprocess images the same way.  8 for checkpoints without a record."""
-        return int((self.config.get("train") or {}).get("n_bits", 8))
+        return _record_n_bits(self.config)
+
+
+def _record_n_bits(config: dict[str, Any]) -> int:
+    return int((config.get("train") or {}).get("n_bits", 8))
+
+
+@dataclass(frozen=True)
+class StartWeights:
+    """A flow checkpoint read once: the weights a run starts from, its config, its content digest.
+
+    Fine-tuning and adaptation need the pretrained checkpoint's config (flow layout, ``n_bits``), its
+    weights, and a digest of its bytes for the resume fingerprint; reading it into this object gives
+    all three without deserialising the file again (:func:`train_flow` accepts it as
+    ``init_checkpoint``).
+    """
+
+    path: str
+    checkpoint: dict[str, Any]
+    digest: str
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> StartWeights:
+        digest = _file_digest(path)  # names the file and the stage that writes it when it is missing
+        return cls(str(path), load_checkpoint(path, expected_kind="flow"), digest)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.checkpoint.get("config") or {}
+
+    @property
+    def n_bits(self) -> int:
+        return _record_n_bits(self.config)
+
+    @property
+    def uses_ema(self) -> bool:
+        return self.checkpoint.get("ema") is not None
+
+    @property
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The EMA weights when the checkpoint has them (the paper fine-tunes from them), else the raw ones."""
+        return self.checkpoint["ema"] if self.uses_ema else self.checkpoint["model"]
+
+    def trained_flow(self, *, map_location: str | torch.device = "cpu", use_ema: bool = True) -> TrainedFlow:
+        """The flow rebuilt from this checkpoint (as :func:`load_trained_flow`), without rereading it."""
+        return _rebuild_trained_flow(self.checkpoint, self.path, map_location=map_location, use_ema=use_ema)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,14 +391,14 @@ def _data_digest(dataset: Dataset) -> str:
 
 
 def _fingerprint(cfg: TrainConfig, record: dict[str, Any] | None, dataset: Dataset, prior: Any,
-                 init_checkpoint: str | os.PathLike[str] | None) -> str:
+                 start: StartWeights | None) -> str:
     """What a resume checkpoint must match: trajectory-relevant config, flow record, data, Gaussians, start weights."""
     train = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _VOLATILE_FIELDS}
     rec = {k: v for k, v in (record or {}).items() if k != "train"}  # the record's copy of cfg holds `steps`
     return config_hash({
         "train": train, "record": rec, "data": _data_digest(dataset),
         "gaussians": _tensor_digest(prior.state_dict()) if prior is not None else "none",
-        "init": _file_digest(init_checkpoint) if init_checkpoint else None,
+        "init": start.digest if start is not None else None,
     })
 
 
@@ -381,7 +427,7 @@ def train_flow(
     cfg: TrainConfig,
     *,
     out_path: str | os.PathLike[str],
-    init_checkpoint: str | os.PathLike[str] | None = None,
+    init_checkpoint: str | os.PathLike[str] | StartWeights | None = None,
     config_record: dict[str, Any] | None = None,
     metrics_path: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
@@ -389,7 +435,8 @@ def train_flow(
 
     ``prior`` is a :class:`nfpi.density.ClassGaussianPrior` held fixed: the standard one for
     pretraining, the solved Gaussians (Prop. 1) for fine-tuning.  ``init_checkpoint`` gives start
-    weights (the pretrained flow's EMA weights when fine-tuning); otherwise actnorm is initialised from
+    weights (the pretrained flow's EMA weights when fine-tuning; a path, or a :class:`StartWeights`
+    already read by the caller); otherwise actnorm is initialised from
     data on rank 0.  Writes the final ``kind="flow"`` checkpoint to ``out_path`` (model, EMA,
     ``gaussians=prior.state_dict()``, and ``config`` = ``config_record`` + ``train`` + ``image_shape``
     so :func:`load_trained_flow` can rebuild it), keeps a resume checkpoint at :func:`resume_path`
@@ -411,7 +458,9 @@ def train_flow(
     num_dims = int(np.prod(image_shape))
     order = _EpochOrder(len(dataset), cfg.batch_size, cfg.seed)
     record = dict(config_record or {})
-    fingerprint = _fingerprint(cfg, record, dataset, prior, init_checkpoint)
+    start = (init_checkpoint if isinstance(init_checkpoint, StartWeights) or init_checkpoint is None
+             else StartWeights.read(init_checkpoint))
+    fingerprint = _fingerprint(cfg, record, dataset, prior, start)
 
     flow = flow.to(device).train()
     prior = prior.to(device)
@@ -436,11 +485,10 @@ def train_flow(
         counters["last_loss"] = math.nan if counters["last_loss"] is None else counters["last_loss"]
         logger.info("resuming from %s at step %d/%d", state_file, start_step, cfg.steps)
     else:
-        if init_checkpoint is not None:
-            ck = load_checkpoint(init_checkpoint, expected_kind="flow")
-            flow.load_state_dict(ck["ema"] if ck.get("ema") is not None else ck["model"])
-            logger.info("start weights: %s (%s weights, step %s)", init_checkpoint,
-                        "EMA" if ck.get("ema") is not None else "raw", ck.get("step"))
+        if start is not None:
+            flow.load_state_dict(start.weights)
+            logger.info("start weights: %s (%s weights, step %s)", start.path,
+                        "EMA" if start.uses_ema else "raw", start.checkpoint.get("step"))
         elif info.is_main:
             # Actnorm data-dependent init on rank 0 only; the broadcast below makes all ranks identical.
             idx = order.permutation(0)[: min(cfg.init_size, len(dataset))]
@@ -643,10 +691,15 @@ def load_trained_flow(path: str | os.PathLike[str], *, map_location: str | torch
     The EMA weights are loaded by default (the paper evaluates and samples with them); the class
     Gaussians stored with the flow come back as a :class:`nfpi.density.ClassGaussianPrior`.
     """
+    ckpt = load_checkpoint(path, map_location=map_location, expected_kind="flow")
+    return _rebuild_trained_flow(ckpt, str(path), map_location=map_location, use_ema=use_ema)
+
+
+def _rebuild_trained_flow(ckpt: dict[str, Any], path: str, *, map_location: str | torch.device,
+                          use_ema: bool) -> TrainedFlow:
     from nfpi.density import ClassGaussianPrior
     from nfpi.flows import FlowConfig, build_flow
 
-    ckpt = load_checkpoint(path, map_location=map_location, expected_kind="flow")
     config = ckpt.get("config") or {}
     if "flow" not in config or "image_shape" not in config:
         raise CheckpointError(f"{path}: checkpoint config lacks 'flow' / 'image_shape'; it cannot be rebuilt "

@@ -308,16 +308,27 @@ def test_vectorised_elu_matches_torch() -> None:
 
 
 def test_elu_dispatch_by_size_and_autograd() -> None:
-    """Large CPU tensors without autograd take the vectorised form; training keeps torch's kernel."""
+    """Large CPU tensors take the vectorised form, with autograd too; small ones keep torch's kernel."""
     from nfpi.flows import layers
 
     small, large = torch.randn(2, 3, 4, 4), torch.randn(1, 2, 256, 256)  # 2^17 elements
     assert large.numel() >= layers._CPU_ELU_MIN_NUMEL > small.numel()
     torch.testing.assert_close(layers.elu(small.clone()), F.elu(small))
+    assert "Elu" in type(layers.elu(small.clone().requires_grad_(True) * 1.0).grad_fn).__name__
     with torch.no_grad():
         torch.testing.assert_close(layers.elu(large.clone()), F.elu(large), rtol=0, atol=1e-6)
-    y = layers.elu(large.clone().requires_grad_(True) * 1.0)
-    assert "Elu" in type(y.grad_fn).__name__  # torch's ELU backward (from the output)
+    # training: the vectorised autograd function, whose gradient is torch's ELU gradient
+    leaf = large.double().requires_grad_(True)
+    y = layers.elu(leaf * 1.0)
+    assert type(y.grad_fn).__name__ == "_VectorisedELUBackward"
+    g = torch.randn_like(y)
+    (grad,) = torch.autograd.grad(y, leaf, g)
+    (ref,) = torch.autograd.grad(F.elu(leaf), leaf, g)
+    torch.testing.assert_close(grad, ref, rtol=0, atol=1e-12)
+    # it keeps only its output for the backward: the input was overwritten in place
+    x = leaf * 1.0
+    out = layers.elu(x)
+    assert out.data_ptr() == x.data_ptr()
     # The flow gives the same latents with and without autograd (the two ELU paths agree).
     flow = build_flow(from_mapping(FlowConfig, {"preset": "digits", "hidden": 256, "steps": 1}), (1, 8, 8))
     xb = torch.rand(64, 1, 8, 8) - 0.5
@@ -325,3 +336,30 @@ def test_elu_dispatch_by_size_and_autograd() -> None:
         z0, _ = flow(xb)
     z1, _ = flow(xb)
     torch.testing.assert_close(z0, z1.detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch,expm", [("matexp_glow", "series"), ("matexp_glow", "matrix_exp"), ("glow", "series")])
+def test_flow_maps_stay_float32_under_bf16_autocast(arch: str, expm: str) -> None:
+    """Under bf16 autocast only the coupling networks run in bf16: every flow map returns float32 and
+    the inverse still undoes the forward to float32 rounding."""
+    from nfpi.flows import layers
+
+    flow = build_flow(from_mapping(FlowConfig, {"preset": "digits", "arch": arch, "coupling_expm": expm}), (1, 8, 8))
+    x = torch.rand(16, 1, 8, 8) - 0.5
+    flow.data_init(x)
+    dtypes: dict[str, set[torch.dtype]] = {}
+
+    def hook(m: torch.nn.Module, _inp: object, out: object) -> None:
+        o = out[0] if isinstance(out, tuple) else out
+        dtypes.setdefault(type(m).__name__, set()).add(o.dtype)
+
+    for m in flow.modules():
+        if isinstance(m, (layers.FlowLayer, layers.CouplingNet)):
+            m.register_forward_hook(hook)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        z, logdet = flow(x)
+        back = flow.inverse(z)
+    assert dtypes.pop("CouplingNet") == {torch.bfloat16}  # autocast is really on
+    assert all(d == {torch.float32} for d in dtypes.values()), dtypes
+    assert z.dtype == logdet.dtype == torch.float32
+    torch.testing.assert_close(back, x, rtol=0, atol=1e-5)

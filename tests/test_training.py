@@ -23,6 +23,7 @@ from nfpi.density import ClassGaussianPrior, postprocess, preprocess
 from nfpi.evaluation import evaluate_flow, extract_latents, sample_images
 from nfpi.flows import FlowConfig, build_flow
 from nfpi.training import (
+    StartWeights,
     TrainConfig,
     batch_noise,
     dequantize_batch,
@@ -296,13 +297,20 @@ def test_repeated_nonfinite_rolls_back_then_gives_up(tmp_path: Path, caplog) -> 
         run(tmp_path / "b", cfg(steps=6, checkpoint_every=2, max_nonfinite=2, max_rollbacks=0, init_size=8), data=data)
 
 
-def test_finetune_starts_from_init_checkpoint_ema(tmp_path: Path) -> None:
+@pytest.mark.parametrize("read_first", [False, True])
+def test_finetune_starts_from_init_checkpoint_ema(tmp_path: Path, read_first: bool) -> None:
+    """The start weights are the init checkpoint's EMA, given as a path or as StartWeights read once."""
     run(tmp_path / "pre", cfg(steps=3))
     pre = load_checkpoint(tmp_path / "pre" / "flow.pt")
     prior = ClassGaussianPrior(torch.randn(K, 64), torch.full((K, 64), 0.5))
     flow = make_flow()
+    init = tmp_path / "pre" / "flow.pt"
+    start = StartWeights.read(init) if read_first else init
+    if read_first:
+        assert start.n_bits == 8 and start.uses_ema and start.config["flow"] == RECORD["flow"]
+        assert_same_state(start.trained_flow().flow.state_dict(), load_trained_flow(init).flow.state_dict())
     res = train_flow(flow, make_data(), prior, cfg(steps=0), out_path=tmp_path / "ft" / "flow.pt",
-                     init_checkpoint=tmp_path / "pre" / "flow.pt", config_record=RECORD)
+                     init_checkpoint=start, config_record=RECORD)
     assert res.steps == 0
     ck = load_checkpoint(tmp_path / "ft" / "flow.pt")
     assert_same_state(ck["model"], pre["ema"])  # zero steps: the start weights are the pretrained EMA
@@ -384,3 +392,19 @@ def test_sample_images_temperature_and_reproducibility(trained) -> None:
     with torch.no_grad():
         ref = postprocess(trained.flow.inverse(trained.prior.means[labels]))
     assert torch.equal(t0, ref)
+
+
+def test_bf16_precision_on_cpu(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """precision: bf16 autocasts the coupling networks on a bf16-capable CPU, else runs fp32 and says so."""
+    from nfpi import runtime
+
+    _, ref = run(tmp_path / "fp32", cfg(steps=3))
+    with caplog.at_level("WARNING"):
+        _, res = run(tmp_path / "bf16", cfg(steps=3, precision="bf16"))
+    assert math.isfinite(res.final_loss)
+    if runtime.cpu_has_bf16():
+        assert res.final_loss != ref.final_loss  # the convolutions really ran in bf16
+        assert abs(res.final_loss - ref.final_loss) < 0.05 * abs(ref.final_loss)
+    else:
+        assert res.final_loss == ref.final_loss
+        assert "no native bf16" in caplog.text

@@ -152,15 +152,33 @@ class _CachedWeight(nn.Module):
         self._cache: dict[str, tuple[tuple[int, ...], Tensor]] = {}
 
     def _cached(self, key: str, params: tuple[Tensor, ...], fn: Callable[[], Tensor]) -> Tensor:
+        # the weight of a flow map is built in the parameters' precision, also under autocast
+        # (a bf16 product of the LU factors would no longer be the inverse of the inverse weight)
+        def build() -> Tensor:
+            with torch.autocast(params[0].device.type, enabled=False):
+                return fn()
+
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
-            return fn()
+            return build()
         version = tuple(p._version for p in params) + tuple(p.data_ptr() for p in params)
         hit = self._cache.get(key)
         if hit is not None and hit[0] == version and hit[1].dtype == params[0].dtype:
             return hit[1]
-        w = fn()
+        w = build()
         self._cache[key] = (version, w)
         return w
+
+
+def _conv1x1(x: Tensor, weight: Tensor) -> Tensor:
+    """``weight @ x`` per pixel in ``x``'s precision, also under autocast.
+
+    The invertible 1x1 convolutions are flow maps, not coupling networks: under bf16 autocast they
+    would round the latent itself to 8 bits of mantissa (and the inverse would no longer undo the
+    forward), so autocast is switched off for them.
+    """
+    c = weight.shape[0]
+    with torch.autocast(x.device.type, enabled=False):
+        return F.conv2d(x, weight.to(x.dtype).view(c, c, 1, 1))
 
 
 class MatExpConv1x1(_CachedWeight, FlowLayer):
@@ -181,14 +199,12 @@ class MatExpConv1x1(_CachedWeight, FlowLayer):
         return self._cached(key, (self.weight,), lambda: torch.linalg.matrix_exp(sign * self.weight))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        c = self.weight.shape[0]
-        y = F.conv2d(x, self._w(1.0).view(c, c, 1, 1))
+        y = _conv1x1(x, self._w(1.0))
         logdet = (torch.diagonal(self.weight).sum() * (x.shape[2] * x.shape[3])).expand(x.shape[0])
         return y, logdet
 
     def inverse(self, y: Tensor) -> Tensor:
-        c = self.weight.shape[0]
-        return F.conv2d(y, self._w(-1.0).view(c, c, 1, 1))
+        return _conv1x1(y, self._w(-1.0))
 
 
 class LUConv1x1(_CachedWeight, FlowLayer):
@@ -223,14 +239,12 @@ class LUConv1x1(_CachedWeight, FlowLayer):
         return self._cached("fwd", params, self._weight)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        c = self.log_s.shape[0]
-        y = F.conv2d(x, self._w(False).view(c, c, 1, 1))
+        y = _conv1x1(x, self._w(False))
         logdet = (self.log_s.sum() * (x.shape[2] * x.shape[3])).expand(x.shape[0])
         return y, logdet
 
     def inverse(self, y: Tensor) -> Tensor:
-        c = self.log_s.shape[0]
-        return F.conv2d(y, self._w(True).view(c, c, 1, 1))
+        return _conv1x1(y, self._w(True))
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,32 +285,53 @@ class NormConv2d(DataInitModule):
 
 
 def _elu_vectorised_(x: Tensor) -> Tensor:
-    """ELU (alpha = 1) in place as ``exp(min(x, 0)) - 1 + max(x, 0)``: the same function, vectorised.
+    """ELU (alpha = 1) in place as ``max(x, exp(min(x, 0)) - 1)``: the same function, vectorised.
 
-    torch's CPU ELU kernel calls an unvectorised ``expm1`` per element: 12 ms for a [16, 128, 16, 16]
-    tensor against 1 ms here (1 thread, AVX-512), and it was 54% of a CIFAR-preset forward pass
-    (docs/bench/flows.md).  Values agree to float rounding (|difference| <= 6e-8 in float32; the
-    ``exp - 1`` form loses relative, not absolute, precision near 0).
+    For ``x > 0`` the second term is 0 < x; for ``x <= 0`` it is ``e^x - 1 >= x``.  torch's CPU ELU
+    kernel calls an unvectorised ``expm1`` per element: 14 ms for a [64, 128, 16, 16] tensor against
+    1.5 ms here (2 threads, AVX-512), and it was 54% of a CIFAR-preset forward pass and 19% of a
+    training step (docs/bench/flows.md).  Values agree to float rounding (|difference| <= 6e-8 in
+    float32; the ``exp - 1`` form loses relative, not absolute, precision near 0).
     """
     neg = torch.clamp(x, max=0.0).exp_().sub_(1.0)
-    return x.clamp_(min=0.0).add_(neg)
+    return torch.maximum(x, neg, out=x)
+
+
+class _VectorisedELU(torch.autograd.Function):
+    """In-place vectorised ELU whose backward, like torch's, needs only the output.
+
+    ``d elu / dx = 1`` where the output is positive and ``output + 1`` elsewhere, which is
+    ``aten.elu_backward`` in its from-the-result form: no copy of the input is kept.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:  # type: ignore[override]
+        out = _elu_vectorised_(x)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        (out,) = ctx.saved_tensors
+        return torch.ops.aten.elu_backward(grad, 1.0, 1.0, 1.0, True, out)
 
 
 def elu(x: Tensor) -> Tensor:
     """ELU of a fresh intermediate ``x`` (a conv output, overwritten in place).
 
-    Without autograd on the CPU (extraction, evaluation, sampling) large tensors take the vectorised
-    form; training keeps torch's in-place kernel, whose backward needs only the output (the
-    vectorised form measured the same training speed with more temporary memory), as does CUDA.
+    Large CPU tensors take the vectorised form (with autograd through :class:`_VectorisedELU`);
+    small ones and CUDA tensors take torch's single in-place kernel.
     """
-    no_autograd = not (torch.is_grad_enabled() and x.requires_grad)
-    if x.device.type == "cpu" and x.numel() >= _CPU_ELU_MIN_NUMEL and no_autograd:
+    if x.device.type == "cpu" and x.numel() >= _CPU_ELU_MIN_NUMEL:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _VectorisedELU.apply(x)
         return _elu_vectorised_(x)
     return F.elu(x, inplace=True)
 
 
-# Below this size torch's single kernel beats the vectorised form's four (the digits preset's
-# largest ELU input is 64 x 24 x 4 x 4 = 24,576 elements).
+# Below this size torch's single kernel beats the vectorised form's four passes (the digits
+# preset's largest ELU input is 64 x 24 x 4 x 4 = 24,576 elements).
 _CPU_ELU_MIN_NUMEL = 1 << 17
 
 
@@ -329,9 +364,15 @@ class CouplingNet(nn.Module):
         self.head = nn.Conv2d(hidden, cout, 3, padding=1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        # channels-last kernels too: with NCHW kernels every convolution and its backward copied
+        # the kernel into the activations' layout (5% of a CIFAR training step)
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.blocks(elu(self.stem(x))))
+        # channels-last (NHWC) activations: oneDNN's NCHW kernels reorder every input and output,
+        # and measured 2x slower for the 3x3 convolutions and 7x for the 1x1 (docs/bench/flows.md)
+        x = x.contiguous(memory_format=torch.channels_last)
+        return self.head(self.blocks(elu(self.stem(x)))).contiguous()
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,8 +415,10 @@ def series_degree(bound: float, dtype: torch.dtype) -> int:
 
     The truncation error of ``sum_{k<=K} W^k / k!`` is at most that for ``||W|| <= bound``; the
     degree is a host-side function of a config constant, so applying it needs no device sync.
+    Below float64 the tolerance is float32's unit roundoff 2^-24 (degree 15 at bound 2): each of
+    the ``K`` Horner steps rounds at that level anyway, so more terms change nothing measurable.
     """
-    tol = 1e-17 if dtype == torch.float64 else 1e-9
+    tol = 1e-17 if dtype == torch.float64 else 2.0**-24
     k, term = 0, 1.0
     while term * math.exp(bound) > tol:
         k += 1
@@ -456,7 +499,11 @@ class MatExpCoupling(FlowLayer):
         return shift, a, bm
 
     def _transform(self, v: Tensor, w: Tensor, bm: Tensor | None, sign: float) -> tuple[Tensor, Tensor]:
-        """``exp(sign * W) v`` per pixel and trace(W) per image."""
+        """``exp(sign * W) v`` per pixel and trace(W) per image, in ``v``'s precision (not autocast's)."""
+        with torch.autocast(v.device.type, enabled=False):
+            return self._transform_exact(v, w, bm, sign)
+
+    def _transform_exact(self, v: Tensor, w: Tensor, bm: Tensor | None, sign: float) -> tuple[Tensor, Tensor]:
         if bm is None:
             trace = torch.diagonal(w, dim1=1, dim2=2).sum(dim=(1, 2, 3))
         else:
