@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import inspect
 import logging
@@ -180,22 +181,24 @@ def _record_n_bits(config: dict[str, Any]) -> int:
 
 @dataclass(frozen=True)
 class StartWeights:
-    """A flow checkpoint read once: the weights a run starts from, its config, its content digest.
+    """A flow checkpoint to start from: its content digest now, its contents loaded once, on first use.
 
     Fine-tuning and adaptation need the pretrained checkpoint's config (flow layout, ``n_bits``), its
-    weights, and a digest of its bytes for the resume fingerprint; reading it into this object gives
-    all three without deserialising the file again (:func:`train_flow` accepts it as
-    ``init_checkpoint``).
+    weights, and a digest of its bytes for the resume fingerprint; this object gives all three with
+    one deserialisation (:func:`train_flow` accepts it as ``init_checkpoint``), and a run that
+    resumes from its own state never loads it at all.
     """
 
     path: str
-    checkpoint: dict[str, Any]
     digest: str
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> StartWeights:
-        digest = _file_digest(path)  # names the file and the stage that writes it when it is missing
-        return cls(str(path), load_checkpoint(path, expected_kind="flow"), digest)
+        return cls(str(path), _file_digest(path))  # names the file and the stage that writes it when missing
+
+    @functools.cached_property
+    def checkpoint(self) -> dict[str, Any]:
+        return load_checkpoint(self.path, expected_kind="flow")
 
     @property
     def config(self) -> dict[str, Any]:

@@ -408,3 +408,24 @@ def test_bf16_precision_on_cpu(tmp_path: Path, caplog: pytest.LogCaptureFixture)
     else:
         assert res.final_loss == ref.final_loss
         assert "no native bf16" in caplog.text
+
+
+def test_start_weights_load_once_and_not_on_resume(tmp_path: Path) -> None:
+    """StartWeights hashes the file at once and deserialises it on first use, once; a fine-tuning
+    run that resumes from its own state never loads the start checkpoint."""
+    run(tmp_path / "pre", cfg(steps=3))
+    init = tmp_path / "pre" / "flow.pt"
+    prior = ClassGaussianPrior(torch.randn(K, 64), torch.full((K, 64), 0.5))
+
+    def finetune(steps: int, start: StartWeights):
+        return train_flow(make_flow(), make_data(), prior, cfg(steps=steps), out_path=tmp_path / "ft" / "flow.pt",
+                          init_checkpoint=start, config_record=RECORD)
+
+    first = StartWeights.read(init)
+    assert "checkpoint" not in vars(first)  # only the digest so far
+    assert finetune(3, first).resumed_from == 0
+    assert first.checkpoint is first.checkpoint  # loaded once, then cached
+    again = StartWeights.read(init)
+    assert again.digest == first.digest
+    assert finetune(6, again).resumed_from == 3  # extends the same run from its resume state
+    assert "checkpoint" not in vars(again)
