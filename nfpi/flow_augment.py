@@ -136,17 +136,18 @@ def color_jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     if x.shape[0] == 0:
         return x
     integer = not x.is_floating_point()
-    v = x.float() / 255.0 if integer else x.float() + 0.5
+    top = 255.0 if integer else 1.0  # work in the stored units (no rescaling pass for uint8)
+    v = x.float() if integer else x.float() + 0.5  # a fresh tensor: the in-place ops below never touch x
     f = factors.to(v.device, torch.float32)
     bright, contrast, sat = (f[:, i].view(-1, 1, 1, 1) for i in range(3))
-    v = (v * bright).clamp(0.0, 1.0)
+    v.mul_(bright).clamp_(0.0, top)
     mean = _gray(v).mean(dim=(1, 2, 3), keepdim=True)
-    v = (contrast * v + (1.0 - contrast) * mean).clamp(0.0, 1.0)
+    v.mul_(contrast).add_((1.0 - contrast) * mean).clamp_(0.0, top)
     if v.shape[1] == 3:
-        v = (sat * v + (1.0 - sat) * _gray(v)).clamp(0.0, 1.0)
+        v.mul_(sat).add_((1.0 - sat) * _gray(v)).clamp_(0.0, top)
     if integer:
-        return (v * 255.0).round().clamp(0, 255).to(x.dtype)
-    return (v - 0.5).to(x.dtype)
+        return v.round_().to(x.dtype)
+    return v.sub_(0.5).to(x.dtype)
 
 
 def apply_augment(x: torch.Tensor, draw: AugmentDraw) -> torch.Tensor:

@@ -108,6 +108,10 @@ def test_jitter_limits() -> None:
     x = images(4)
     ones = torch.ones(4, 3)
     assert torch.equal(color_jitter(x, ones), x)
+    xf = x.float() / 256 - 0.5
+    before = xf.clone()
+    color_jitter(xf, torch.full((4, 3), 1.5))
+    assert torch.equal(xf, before)  # the input is never modified in place
     grey = color_jitter(x, torch.tensor([[1.0, 1.0, 0.0]]).expand(4, 3))  # saturation 0: grey
     assert (grey.int().amax(1) - grey.int().amin(1)).max() <= 1  # equal channels up to rounding
     flat = color_jitter(x, torch.tensor([[1.0, 0.0, 1.0]]).expand(4, 3))  # contrast 0: the mean luma
