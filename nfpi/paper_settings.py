@@ -229,7 +229,8 @@ def render(rows: list[Row] | None = None) -> str:
 
 
 def drift(name: str, rows: list[Row] | None = None, *, classifiers: str = "intended") -> list[str]:
-    """Rows of config ``name`` whose resolved value differs from the table (one line each).
+    """Rows of config ``name`` whose resolved value differs from the table (one line each; rows
+    marked ``pending`` are skipped: they wait for a fix elsewhere).
 
     ``classifiers="intended"`` resolves the classifier sections on their presets
     (:func:`intended`), ``"as_run"`` as the classify stage does today (:func:`resolve`).
@@ -237,7 +238,7 @@ def drift(name: str, rows: list[Row] | None = None, *, classifiers: str = "inten
     rows = load_table() if rows is None else rows
     got = intended(name) if classifiers == "intended" else resolve(name)
     return [f"{name}: {r.key} resolves to {got.get(r.key, '<missing>')!r}, the table says {r.value!r}"
-            for r in rows if r.config == name and not same(got.get(r.key, _MISSING), r.value)]
+            for r in rows if r.config == name and not r.pending and not same(got.get(r.key, _MISSING), r.value)]
 
 
 _MISSING = object()
