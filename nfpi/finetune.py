@@ -126,8 +126,10 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     work = out.with_name(out.name + ".rounds")
     plan = round_steps(cfg.steps, cfg.rounds)
-    log.info("finetune: %d steps in %d round(s) %s, n_bits=%d, %d training images", cfg.steps, cfg.rounds, plan,
-             n_bits, len(train_set))
+    per_epoch = max(len(train_set) // cfg.batch_size, 1)  # the loop drops each epoch's partial batch
+    log.info("finetune: %d steps (%.2f epochs of %d steps, batch %d) in %d round(s) %s, n_bits=%d, %d training "
+             "images", cfg.steps, cfg.steps / per_epoch, per_epoch, cfg.batch_size, cfg.rounds, plan, n_bits,
+             len(train_set))
 
     main_rank = int(os.environ.get("RANK", "0")) == 0  # torchrun sets RANK; train_flow writes on rank 0 too
     rounds: list[dict[str, Any]] = []

@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     log.info("pretrain: %s flow (%s), %.2fM parameters, latent dim %d, %d classes, %d training images, %d-bit data",
              flow_cfg.arch, flow_cfg.preset, n_params / 1e6, flow.latent_dim, data.num_classes,
              len(data.labels("train")), train_cfg.n_bits)
+    per_epoch = max(len(data.labels("train")) // train_cfg.batch_size, 1)  # the loop drops the partial batch
+    log.info("pretrain: %d steps = %.2f epochs of %d steps (batch %d)", train_cfg.steps, train_cfg.steps / per_epoch,
+             per_epoch, train_cfg.batch_size)
     record = {
         "flow": to_jsonable(flow_cfg),
         "image_shape": list(data.image_shape),

@@ -19,8 +19,9 @@ processes (DDP under ``torchrun``; gloo on CPU, NCCL on GPU):
 
 Determinism: the data order is a per-epoch permutation drawn from ``(seed, epoch)``; global batch
 ``b`` is ``perm[b*B:(b+1)*B]`` and rank ``r`` takes the contiguous slice ``r*B/W:(r+1)*B/W``.
-Dequantisation noise and horizontal flips are drawn for the *whole global batch* from a generator
-seeded by ``(seed, step)`` and then sliced, so 1 and N processes see identical inputs, and a resumed
+Dequantisation noise, horizontal flips and the other augmentations' parameters
+(:mod:`nfpi.flow_augment`) are drawn for the *whole global batch* from generators seeded by
+``(seed, step)`` and then sliced, so 1 and N processes see identical inputs, and a resumed
 run sees exactly what an uninterrupted run would have seen: no DataLoader state is needed.
 """
 
@@ -48,6 +49,7 @@ from torch.utils.data import Dataset, TensorDataset
 from nfpi import distributed as ddp
 from nfpi.checkpoint import CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from nfpi.config import config_hash, from_mapping
+from nfpi.flow_augment import AugmentDraw, FlowAugment, apply_augment
 from nfpi.io import append_jsonl, to_jsonable
 from nfpi.runtime import autocast, progress
 
@@ -65,12 +67,15 @@ __all__ = [
     "load_batch",
     "dequantize_batch",
     "training_inputs",
+    "batch_augment",
 ]
 
 logger = logging.getLogger(__name__)
 
 # Streams of the derived seeds (so the permutation, the per-step noise and the init batch never share draws).
 _STREAM_PERM, _STREAM_STEP, _STREAM_INIT = 0, 1, 2
+# The augmentations' own streams: switching them on leaves the noise and flips of every step unchanged.
+_STREAM_AUG, _STREAM_AUG_INIT = 3, 4
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,11 @@ class TrainConfig:
     grad_clip: float | None = 50.0  # max global gradient norm; None: no clipping (the norm is still logged)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on CUDA and bf16-capable CPUs (else fp32); weights stay fp32
     hflip: bool = False  # random horizontal flips (drawn per image from the (seed, step) generator)
+    crop_pad: int = 0  # random translation by -crop_pad..crop_pad px per axis, edge extended (pad + random crop)
+    rotate_deg: float = 0.0  # random rotation by U(-rotate_deg, rotate_deg) degrees (nearest neighbour)
+    brightness: float = 0.0  # colour jitter: brightness factor U(max(0, 1-s), 1+s) (0: off)
+    contrast: float = 0.0  # colour jitter: contrast factor U(max(0, 1-s), 1+s) (0: off)
+    saturation: float = 0.0  # colour jitter: saturation factor U(max(0, 1-s), 1+s) (0: off; no-op on grey)
     n_bits: int | None = 8  # bits per channel of the modelled data (bits/dim are reported for it); null: the data's depth
     init_size: int = 256  # images used by actnorm's data-dependent init (the first of epoch 0's order)
     checkpoint_every: int = 200  # steps between rolling resume checkpoints (also the rollback target)
@@ -115,12 +125,21 @@ class TrainConfig:
             (self.log_every >= 1, "train.log_every must be >= 1"),
             (self.max_nonfinite >= 1, "train.max_nonfinite must be >= 1"),
             (self.max_rollbacks >= 0, "train.max_rollbacks must be >= 0"),
+            (self.crop_pad >= 0, "train.crop_pad must be >= 0"),
+            (0.0 <= self.rotate_deg <= 180.0, "train.rotate_deg must be in [0, 180]"),
+            (min(self.brightness, self.contrast, self.saturation) >= 0.0,
+             "train.brightness, train.contrast and train.saturation must be >= 0"),
         ]
         for ok, msg in checks:
             if not ok:
                 from nfpi.config import ConfigError
 
                 raise ConfigError(msg)
+
+    @property
+    def augment(self) -> FlowAugment:
+        """The flow-training augmentations besides ``hflip`` (:mod:`nfpi.flow_augment`)."""
+        return FlowAugment(self.crop_pad, self.rotate_deg, self.brightness, self.contrast, self.saturation)
 
 
 # Fields that do not change the training trajectory: a resume checkpoint written under other values
@@ -282,6 +301,19 @@ def batch_noise(
     return noise, flips
 
 
+def batch_augment(cfg: TrainConfig, step: int, batch_size: int, shard: slice = slice(None), *,
+                  stream: int = _STREAM_AUG) -> AugmentDraw | None:
+    """Augmentation parameters of a whole global batch from ``(seed, step)``, then ``shard``'s rows.
+
+    ``None`` when every augmentation is off (no draw at all: those runs are unchanged bit for bit).
+    Like :func:`batch_noise`, an image's parameters depend on its position in the global batch only.
+    """
+    if not cfg.augment.active:
+        return None
+    g = torch.Generator().manual_seed(_derive_seed(cfg.seed, stream, step))
+    return cfg.augment.draw(batch_size, g)[shard]
+
+
 def load_batch(dataset: Dataset, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Fetch ``(images, labels)`` for ``indices`` (TensorDataset and ``__getitems__`` fast paths)."""
     if isinstance(dataset, TensorDataset):
@@ -319,13 +351,19 @@ def dequantize_batch(x: torch.Tensor, noise: torch.Tensor | None, *, n_bits: int
 
 
 def training_inputs(
-    x: torch.Tensor, noise: torch.Tensor, flips: torch.Tensor, *, n_bits: int, hflip: bool
+    x: torch.Tensor, noise: torch.Tensor, flips: torch.Tensor, *, n_bits: int, hflip: bool,
+    augment: AugmentDraw | None = None,
 ) -> torch.Tensor:
-    """The flow's training input: dequantise, then mirror the images flagged in ``flips`` (if ``hflip``).
+    """The flow's training input: augment (``augment``: this batch's parameters from
+    :func:`batch_augment`), dequantise, then mirror the images flagged in ``flips`` (if ``hflip``).
 
     One function for the loop and for actnorm's data init, so both see the same distribution (a
-    per-pixel actnorm initialised on unflipped digits blows up on flipped ones).
+    per-pixel actnorm initialised on unflipped digits blows up on flipped ones).  The augmentations
+    act on the stored (uint8) images, before the dequantisation noise, so the noise stays uniform
+    within each bin of the augmented image.
     """
+    if augment is not None:
+        x = apply_augment(x, augment)
     x = dequantize_batch(x, noise, n_bits=n_bits)
     if hflip:
         x = torch.where(flips.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
@@ -498,7 +536,8 @@ def train_flow(
             x, _ = load_batch(dataset, idx)
             noise, flips = batch_noise(cfg.seed, 0, len(idx), image_shape, stream=_STREAM_INIT)
             # Same input pipeline as the loop: per-pixel actnorm must be initialised on flipped images too.
-            x = training_inputs(x, noise, flips, n_bits=cfg.n_bits, hflip=cfg.hflip)
+            x = training_inputs(x, noise, flips, n_bits=cfg.n_bits, hflip=cfg.hflip,
+                                augment=batch_augment(cfg, 0, len(idx), stream=_STREAM_AUG_INIT))
             with torch.no_grad():
                 flow.data_init(x.to(device))
             if not _all_finite(flow):  # a NaN here would poison every later step and the rollback target
@@ -553,7 +592,8 @@ def train_flow(
         x, y = load_batch(dataset, idx)
         noise, flips = batch_noise(cfg.seed, step, cfg.batch_size, image_shape)
         sl = slice(rank * shard, (rank + 1) * shard)
-        x = training_inputs(x, noise[sl], flips[sl], n_bits=cfg.n_bits, hflip=cfg.hflip)
+        x = training_inputs(x, noise[sl], flips[sl], n_bits=cfg.n_bits, hflip=cfg.hflip,
+                            augment=batch_augment(cfg, step, cfg.batch_size, sl))
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         for group in optimizer.param_groups:  # scheduler is the record; lr is a pure function of step
             group["lr"] = lr_at(step, cfg)

@@ -1,7 +1,7 @@
 """Tests for nfpi.distributed and DDP training: 2 gloo processes (env set as torchrun does) vs 1 process.
 
 The two-process run must reproduce the single-process run with the same global batch: same data
-order, same dequantisation noise (drawn per global batch and sliced), actnorm init on rank 0 then
+order, same dequantisation noise and augmentations (drawn per global batch and sliced), actnorm init on rank 0 then
 broadcast, and DDP's gradient average equal to the global-batch mean.
 """
 
@@ -40,7 +40,7 @@ def _setup(n: int = 48):
     flow = build_flow(from_mapping(FlowConfig, FLOW_RAW), SHAPE)
     prior = ClassGaussianPrior(torch.randn(K, 64, generator=g) * 0.3, torch.rand(K, 64, generator=g) + 0.5)
     cfg = TrainConfig(steps=5, batch_size=8, warmup_steps=2, log_every=5, checkpoint_every=5, device="cpu",
-                      init_size=16, hflip=True)
+                      init_size=16, hflip=True, crop_pad=1, rotate_deg=10.0, brightness=0.2, contrast=0.2)
     return flow, TensorDataset(x, y), prior, cfg
 
 
