@@ -42,7 +42,7 @@ import torch
 from nfpi.fpi import _SOLVER_KEYS, DTYPE, ClassStats, FPIConfig, FPIResult, LambdaPathConfig, pairwise_kl, solve_fpi_from_stats
 
 __all__ = ["PathPoint", "LambdaPath", "geometric_grid", "separation", "gaussian_accuracy", "choose", "solve_path",
-           "cold_grid"]
+           "cold_grid", "path_table"]
 
 log = logging.getLogger(__name__)
 
@@ -240,3 +240,44 @@ def cold_grid(stats: ClassStats, cfg: FPIConfig, grid: Sequence[float]) -> list[
     """Independent cold solves at every lambda of ``grid`` (what the path replaces; for benchmarks and tests)."""
     opts = {**_options(cfg), "on_divergence": "flag"}
     return [solve_fpi_from_stats(stats, lam=float(lam), **opts) for lam in grid]
+
+
+def path_table(record: dict[str, Any], source: str, *, stamp: dict[str, str] | None = None) -> Any:
+    """The path as a :class:`nfpi.tables.Table` (one row per lambda), from a solve record's ``path``.
+
+    Every cell points back to ``source`` (the solve record JSON) and its key, like the paper's tables.
+    """
+    from nfpi.tables import Cell, Table
+
+    path = record["path"]
+    rows = []
+    for i, p in enumerate(path["points"]):
+        key = f"path.points.{i}"
+        mark = ("chosen" if i == path["chosen_index"] else
+                "boundary (diverged)" if p["status"] == "diverged" else "")
+        acc = p["val_acc"] if p["val_acc"] == p["val_acc"] else None  # NaN -> empty cell
+        rows.append([
+            Cell(p["lam"], source, f"{key}.lam", fmt="{:.4g}"),
+            Cell(p["status"], source, f"{key}.status"),
+            Cell(p["iterations"], source, f"{key}.iterations", fmt="{:d}"),
+            Cell(p["residual"], source, f"{key}.residual", fmt="{:.1e}"),
+            Cell(p["min_kl"], source, f"{key}.min_kl", fmt="{:.3g}"),
+            Cell(p["median_kl"], source, f"{key}.median_kl", fmt="{:.3g}"),
+            Cell(None if acc is None else 100.0 * acc, source, f"{key}.val_acc", note="-"),
+            Cell(mark),
+        ])
+    cold = path["cold"]
+    notes = [
+        f"Rule: {path['rule']}. Chosen: lambda = {path['chosen']:.4g}: {path['reason']}.",
+        ("Divergence boundary: lambda = %.4g (the path stops there)." % path["boundary"]) if path["boundary"] is not None
+        else f"No divergence up to lambda = {path['grid'][-1]:.4g} (the end of the grid).",
+        f"Path: {path['total_iterations']} fixed-point iterations in all, each point warm-started from the previous one. "
+        f"A cold solve at the chosen lambda took {cold['iterations']} iterations and "
+        + ("reached the same fixed point" if cold["same_point"] else
+           f"reached another fixed point (whitened distance {cold['distance']:.3g}; objective {cold['objective']:.6g} "
+           f"cold vs {cold['path_objective']:.6g} on the path)") + ".",
+    ]
+    return Table("lambda_path", "Lambda path: NFPI solved along a geometric grid of lambda (continuation), "
+                 "lambda chosen on the validation split",
+                 ["lambda", "status", "iterations", "residual", "min KL", "median KL", "val NF-Acc (%)", ""],
+                 rows, notes=notes, stamp=dict(stamp or {}))

@@ -9,11 +9,12 @@ breaks ties towards the smaller lambda.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
 
-from nfpi.config import from_mapping
+from nfpi.config import ConfigError, from_mapping
 from nfpi.fpi import ClassStats, FPIConfig, objective, pairwise_kl, pi_normaliser, solve
 from nfpi.lampath import PathPoint, choose, cold_grid, gaussian_accuracy, geometric_grid, separation, solve_path
 
@@ -147,3 +148,113 @@ def test_helpers() -> None:
     assert gaussian_accuracy(mu, v, z, torch.tensor([1, 0, 2]), chunk=1) == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="lampath.solve_path"):
         solve(ClassStats.from_latents(z, torch.arange(3), 3), FPIConfig(lam="auto"))
+
+
+# ---------------------------------------------------------------- through the stages (solve, lambda_path, finetune)
+
+FLOW = {"preset": "digits", "hidden": 8, "steps": 1, "actnorm_per_pixel": False}
+AUTO = {"method": "fpi", "lam": "auto", "learn": "mean", "init": "identity", "max_iter": 300,
+        "path": {"lam_min": 1.0, "lam_max": 1000.0, "points": 4}}
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Capped digits, a tiny 4-bit pretrained flow, its train / val latents, and the NFPI solve under lam: auto."""
+    import json
+
+    from nfpi import pretrain, solve as solve_stage
+    from nfpi.data import DataConfig, PreparedData, prepare_dataset
+    from nfpi.evaluation import extract_latents
+    from nfpi.latents import write_latents
+    from nfpi.training import load_trained_flow
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("lampath")
+    data = root / "data"
+    prepare_dataset(DataConfig(max_train_per_class=12, max_test_per_class=4), data)
+    pre = root / "pretrain.pt"
+    train = {"steps": 8, "batch_size": 16, "warmup_steps": 2, "checkpoint_every": 4, "log_every": 2, "n_bits": 4}
+    pretrain.main(["--config", json.dumps({"flow": FLOW, "train": train}), "--data-dir", str(data),
+                   "--out", str(pre), "--metrics", str(root / "pretrain.json")])
+    trained = load_trained_flow(pre)
+    d = PreparedData(data)
+    lat = {}
+    for split in ("train", "val"):
+        lat[split] = root / f"{split}.parquet"
+        write_latents(lat[split], extract_latents(trained.flow, d.dataset(split), n_bits=4),
+                      dim=trained.flow.latent_dim, split=split, num_rows=len(d.labels(split)))
+    args = ["--latents", str(lat["train"]), "--val-latents", str(lat["val"]), "--data-dir", str(data)]
+    solve_stage.main(["--config", json.dumps({"setting": AUTO}), *args, "--out", str(root / "nfpi.pt"),
+                      "--out-json", str(root / "nfpi.json"), "--name", "nfpi"])
+    return {"root": root, "data": data, "pre": pre, "args": args, "record": json.loads((root / "nfpi.json").read_text())}
+
+
+def test_solve_stage_records_the_path_and_uses_the_chosen_lambda(staged: dict[str, Any]) -> None:
+    rec = staged["record"]
+    path = rec["path"]
+    assert len(path["points"]) == 4 and path["rule"] and path["reason"]
+    assert rec["lam"] == path["chosen"] == path["points"][path["chosen_index"]]["lam"]
+    assert rec["result"]["settings"]["lam_auto"] is True and "lambda path" in rec["result"]["message"]
+    g = torch.load(staged["root"] / "nfpi.pt", map_location="cpu", weights_only=True)
+    assert g["record"]["path"]["chosen"] == path["chosen"]
+
+
+def test_changing_test_labels_cannot_change_the_choice(staged: dict[str, Any]) -> None:
+    import json
+    import shutil
+
+    import numpy as np
+
+    from nfpi import solve as solve_stage
+
+    data2 = staged["root"] / "data_relabelled"
+    shutil.copytree(staged["data"], data2)
+    labels = np.load(data2 / "test_labels.npy")
+    np.save(data2 / "test_labels.npy", np.roll(labels, 1))
+    args = [a if a != str(staged["data"]) else str(data2) for a in staged["args"]]
+    solve_stage.main(["--config", json.dumps({"setting": AUTO}), *args, "--out", str(staged["root"] / "again.pt"),
+                      "--out-json", str(staged["root"] / "again.json")])
+    again = json.loads((staged["root"] / "again.json").read_text())["path"]
+    first = staged["record"]["path"]
+    assert again["chosen"] == first["chosen"]
+    assert [p["val_acc"] for p in again["points"]] == [p["val_acc"] for p in first["points"]]
+
+
+def test_gd_under_auto_takes_the_nfpi_choice_and_the_figure_stage_draws_the_path(staged: dict[str, Any]) -> None:
+    import json
+
+    from nfpi import lambda_path, solve as solve_stage
+
+    root = staged["root"]
+    gd = {**AUTO, "method": "gd", "steps": 30, "lr": 0.05}
+    with pytest.raises(ConfigError, match="--lam-from"):
+        solve_stage.main(["--config", json.dumps({"setting": gd}), *staged["args"], "--out", str(root / "gd.pt"),
+                          "--out-json", str(root / "gd.json")])
+    solve_stage.main(["--config", json.dumps({"setting": gd}), *staged["args"], "--lam-from", str(root / "nfpi.json"),
+                      "--out", str(root / "gd.pt"), "--out-json", str(root / "gd.json")])
+    assert json.loads((root / "gd.json").read_text())["lam"] == staged["record"]["path"]["chosen"]
+    lambda_path.main(["--record", str(root / "nfpi.json"), "--tables-dir", str(root / "tables"),
+                      "--figure", str(root / "lambda_path.png")])
+    md = (root / "tables" / "lambda_path.md").read_text()
+    assert "chosen" in md and md.count("| converged") + md.count("| max_iter") == 4
+    assert (root / "lambda_path.png").stat().st_size > 5000
+    with pytest.raises(ConfigError, match="no lambda path"):
+        lambda_path.main(["--record", str(root / "gd.json"), "--tables-dir", str(root / "t2"),
+                          "--figure", str(root / "x.png")])
+
+
+def test_finetune_rounds_rerun_the_path_warm_started(staged: dict[str, Any]) -> None:
+    import json
+
+    from nfpi import finetune
+
+    root = staged["root"]
+    out = root / "ft" / "nfpi.pt"
+    train = {"steps": 4, "batch_size": 16, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 1, "rounds": 2}
+    finetune.main(["--config", json.dumps({"train": train, "setting": AUTO}), "--data-dir", str(staged["data"]),
+                   "--init", str(staged["pre"]), "--gaussians", str(root / "nfpi.pt"), "--out", str(out),
+                   "--metrics", str(root / "ft.json")])
+    rounds = json.loads((root / "ft.json").read_text())["rounds"]
+    resolve = rounds[1]["solve"]
+    assert resolve["path"]["chosen"] == resolve["lam"] and len(resolve["path"]["points"]) == 4
+    assert all(p["certified"] for p in resolve["path"]["points"])
