@@ -208,6 +208,7 @@ class LambdaPathConfig:
     points: int = 13  #: grid points from lam_min to lam_max, equally spaced in log lambda
     tie_tol: float = 0.0  #: validation NF-Acc within this of the best is a tie, resolved to the smaller lambda
     same_point_tol: float = 1e-4  #: whitened distance under which the warm and the cold fixed point are the same
+    predictor: bool = True  #: start each solve from the secant extrapolation of the last two fixed points (else the last one)
 
 
 @dataclass(frozen=True)

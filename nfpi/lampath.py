@@ -167,6 +167,21 @@ def _distance(a: FPIResult, b: FPIResult) -> float:
     return float(torch.maximum(dm, dv))
 
 
+def _predict(a: FPIResult, b: FPIResult, ta: float, tb: float, t: float, cfg: FPIConfig
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Secant predictor of continuation: the fixed point at ``t = log lambda`` extrapolated linearly from
+    the last two (means linearly, variances in log space, then clipped to the variance bounds).
+
+    The fixed point moves smoothly with log lambda, so the extrapolation starts the corrector (the FPI)
+    much closer than the last fixed point does; the corrector's step control makes a poor prediction
+    cost iterations, never correctness.
+    """
+    w = (t - tb) / (tb - ta)
+    means = b.means + w * (b.means - a.means)
+    logv = torch.log(b.variances) + w * (torch.log(b.variances) - torch.log(a.variances))
+    return means, torch.exp(logv).clamp(cfg.var_min, cfg.var_max)
+
+
 def solve_path(
     stats: ClassStats,
     cfg: FPIConfig,
@@ -179,7 +194,8 @@ def solve_path(
     """Solve Prop. 1 along ``cfg.path``'s geometric grid by continuation and choose lambda on validation.
 
     The first point starts from ``start`` (e.g. the previous fine-tuning round's chosen Gaussians) or
-    from ``cfg.init``; every later point from the previous point's fixed point.  Divergence is flagged,
+    from ``cfg.init``; the second from the first fixed point; every later point from the secant
+    prediction of the last two (:func:`_predict`; ``path.predictor: false``: the last fixed point).  Divergence is flagged,
     never raised: the first diverging lambda is the boundary and the path stops there.  ``z_val``,
     ``y_val`` are the validation latents and labels (the only data the choice sees).
     """
@@ -192,8 +208,10 @@ def solve_path(
     points: list[PathPoint] = []
     results: list[FPIResult] = []
     boundary: float | None = None
-    for lam in grid:
+    for j, lam in enumerate(grid):
         t0 = time.perf_counter()
+        if len(results) >= 2 and p.predictor:
+            x = _predict(results[-2], results[-1], math.log(grid[j - 2]), math.log(grid[j - 1]), math.log(lam), cfg)
         warm = {} if x is None else {"init_means": x[0], "init_variances": x[1]}
         r = solve_fpi_from_stats(stats, lam=lam, **opts, **warm)
         last = r.history[-1] if r.history else {}
