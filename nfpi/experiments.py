@@ -52,7 +52,8 @@ def _fmt(v: float) -> str:
 
 def lambda_setting_name(config: Mapping[str, Any], lam: float) -> str:
     """Table 2's row for ``lam``: the NFPI setting itself when ``lam`` equals ``fpi.lam``."""
-    return "nfpi" if float(lam) == float(config["fpi"].get("lam", 0.0)) else f"lam{_fmt(float(lam))}"
+    own = config["fpi"].get("lam", 0.0)
+    return "nfpi" if own != "auto" and float(lam) == float(own) else f"lam{_fmt(float(lam))}"
 
 
 # Table 3's rows: which parameters the KLD term moves, and how the Gaussians are initialised.
@@ -120,7 +121,8 @@ def settings_from_config(config: Mapping[str, Any]) -> dict[str, Setting]:
         for policy in exp.get("gd_policies", list(GD_POLICIES)):
             spec = {**fpi, **gd, "method": "gd", "policy": policy}  # the NFPI objective, solved by GD
             add(f"gd_{policy}", f"Baseline 2 (GD + {GD_LABELS.get(policy, policy)})", spec, False, anchor=True)
-    add("nfpi", f"NFPI (lambda = {_fmt(float(fpi.get('lam', 0.0)))})", _fpi_spec(config), True, anchor=True)
+    lam_text = "chosen by the lambda path" if fpi.get("lam") == "auto" else _fmt(float(fpi.get("lam", 0.0)))
+    add("nfpi", f"NFPI (lambda = {lam_text})", _fpi_spec(config), True, anchor=True)
     for lam in exp.get("lambdas", []):
         add(lambda_setting_name(config, lam), f"NFPI (lambda = {_fmt(float(lam))})",
             _fpi_spec(config, lam=float(lam)), True)

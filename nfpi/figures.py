@@ -19,7 +19,8 @@ import numpy as np  # noqa: E402
 
 from nfpi.io import atomic_path  # noqa: E402
 
-__all__ = ["sample_grid", "tsne_embed", "tsne_panels", "augmentation_figure", "training_curves", "save_figure"]
+__all__ = ["sample_grid", "tsne_embed", "tsne_panels", "augmentation_figure", "training_curves", "save_figure",
+           "lambda_path_figure"]
 
 
 def save_figure(fig: "plt.Figure", path: str | os.PathLike[str], dpi: int = 150) -> None:
@@ -172,3 +173,35 @@ def training_curves(
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def lambda_path_figure(path: dict, out: str | os.PathLike[str], *, title: str = "") -> None:
+    """Validation NF-Acc, iterations and class separation against lambda (log scale), from a path record
+    (:meth:`nfpi.lampath.LambdaPath.to_dict`); the chosen lambda and the divergence boundary are marked."""
+    pts = [p for p in path["points"] if p["status"] != "diverged"]
+    lam = np.array([p["lam"] for p in pts])
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    series = [
+        ("validation NF-Acc (%)", [[100 * p["val_acc"] for p in pts]], ["val NF-Acc"]),
+        ("fixed-point iterations (warm-started)", [[p["iterations"] for p in pts]], ["iterations"]),
+        ("pairwise KL between classes", [[p["min_kl"] for p in pts], [p["median_kl"] for p in pts]], ["min", "median"]),
+    ]
+    for ax, (ylabel, ys, labels) in zip(axes, series):
+        for y, lab in zip(ys, labels):
+            line, = ax.plot(lam, y, marker="o", ms=3, label=lab)
+            # points that did not converge (max_iter) are not certified stationary: hollow markers
+            bad = [i for i, p in enumerate(pts) if not p["certified"]]
+            if bad:
+                ax.plot(lam[bad], np.asarray(y)[bad], ls="none", marker="o", ms=7, mfc="white", mec=line.get_color())
+        ax.set_xscale("log")
+        ax.set_xlabel("lambda")
+        ax.set_ylabel(ylabel)
+        ax.axvline(path["chosen"], color="tab:green", ls="-", lw=1.2, label=f"chosen {path['chosen']:.3g}")
+        if path.get("boundary") is not None:
+            ax.axvline(path["boundary"], color="tab:red", ls="--", lw=1.2, label=f"diverges at {path['boundary']:.3g}")
+        ax.grid(alpha=0.3)
+    axes[2].set_yscale("log")
+    axes[0].legend(fontsize=7, loc="best")
+    axes[2].legend(fontsize=7, loc="best")
+    fig.suptitle(title or "Lambda path (chosen on validation)")
+    save_figure(fig, out)

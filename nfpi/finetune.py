@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from nfpi.data import PreparedData
     from nfpi.density import ClassGaussianPrior
-    from nfpi.evaluation import evaluate_flow, latent_class_stats
+    from nfpi.evaluation import evaluate_flow, extract_latents, latent_class_stats
+    from nfpi.lampath import solve_path
     from nfpi.fpi import FPIConfig, solve
     from nfpi.config import from_mapping
     from nfpi.flows import FlowConfig, build_flow
@@ -142,10 +143,24 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.perf_counter()
             stats = latent_class_stats(trained.flow, train_set, data.num_classes, batch_size=512, n_bits=n_bits,
                                        seed=cfg.seed + r, full=solver.method == "fpi_full")
-            sol = solve(stats, solver)
+            path = None
+            if solver.lam == "auto" and solver.method == "fpi":
+                # the lambda path again, on the current latents, warm-started from the previous round's choice
+                val_batches = list(extract_latents(trained.flow, data.dataset("val"), batch_size=512, n_bits=n_bits))
+                zv = torch.cat([torch.from_numpy(z) for z, _ in val_batches]).to(torch.float64)
+                yv = torch.cat([torch.from_numpy(y) for _, y in val_batches])
+                path = solve_path(stats, solver, zv, yv, start=(prior.means.to(torch.float64),
+                                                                prior.variances.to(torch.float64)))
+                sol = path.result
+            elif solver.lam == "auto":  # GD under lam: auto: the lambda its Gaussians were solved with
+                sol = solve(stats, dataclasses.replace(solver, lam=float(g["record"]["result"]["settings"]["lam"])))
+            else:
+                sol = solve(stats, solver)
             prior = ClassGaussianPrior.from_solution(sol.means, sol.variances)
             solve_rec = {"status": sol.status, "iterations": sol.iterations, "message": sol.message,
-                         "seconds": time.perf_counter() - t0}
+                         "lam": sol.settings.get("lam"), "seconds": time.perf_counter() - t0}
+            if path is not None:
+                solve_rec["path"] = path.to_dict()
             log.info("round %d: re-solved the Gaussians on the current latents: %s after %d iterations (%.1fs)",
                      r, sol.status, sol.iterations, solve_rec["seconds"])
         last = r == len(plan) - 1

@@ -36,6 +36,7 @@ __all__ = [
     "ClassStats",
     "StatsAccumulator",
     "FPIConfig",
+    "LambdaPathConfig",
     "FPIResult",
     "FPIDivergenceError",
     "LR_POLICIES",
@@ -199,11 +200,23 @@ class StatsAccumulator:
 
 
 @dataclass(frozen=True)
+class LambdaPathConfig:
+    """The lambda path of ``fpi.lam: auto`` (nfpi.lampath): a geometric grid solved by continuation."""
+
+    lam_min: float = 1.0  #: first lambda of the geometric grid
+    lam_max: float = 10000.0  #: last lambda of the grid (the path stops earlier where the FPI diverges)
+    points: int = 13  #: grid points from lam_min to lam_max, equally spaced in log lambda
+    tie_tol: float = 0.0  #: validation NF-Acc within this of the best is a tie, resolved to the smaller lambda
+    same_point_tol: float = 1e-4  #: whitened distance under which the warm and the cold fixed point are the same
+    predictor: bool = True  #: start each solve from the secant extrapolation of the last two fixed points (else the last one)
+
+
+@dataclass(frozen=True)
 class FPIConfig:
     """The pipeline's ``fpi`` config slice: every solver knob with its default."""
 
     method: Literal["fpi", "fpi_full", "gd"] = "fpi"  #: diagonal FPI, full-covariance FPI, or NF^GD (Baseline 2)
-    lam: float = 100.0  #: lambda of Eq. 4 (0 = Baseline 1: class mean and variance); c = lam / (K(K-1))
+    lam: float | Literal["auto"] = 100.0  #: lambda of Eq. 4 (0 = Baseline 1); "auto": chosen on validation by the lambda path (fpi.path)
     alpha: float = 1.0  #: alpha of Eq. 3 (temperature of the KLD kernel), roughly 0.1..10
     pi: Literal["mean", "pair"] = "mean"  #: normaliser: Eq. 10 ("mean") or Eq. 9 ("pair")
     learn: Literal["both", "mean", "var"] = "both"  #: Table 3 ablation: which parameters move
@@ -230,6 +243,7 @@ class FPIConfig:
     lr: float = 1e-2  #: GD base learning rate lr0
     gd_vmin: float | None = None  #: sigmoid lower bound; None = 1e-2 x the smallest initial variance
     gd_vmax: float | None = None  #: sigmoid upper bound; None = 1e2 x the largest initial variance
+    path: LambdaPathConfig = field(default_factory=LambdaPathConfig)  #: the grid and choice rule of lam: auto
 
 
 _SOLVER_KEYS = (
@@ -1081,7 +1095,13 @@ def solve_gd(
 
 
 def solve(stats: ClassStats, cfg: FPIConfig) -> FPIResult:
-    """Solve with the options of ``cfg`` (the pipeline's ``fpi`` slice); dispatches on ``cfg.method``."""
+    """Solve with the options of ``cfg`` (the pipeline's ``fpi`` slice); dispatches on ``cfg.method``.
+
+    ``lam: "auto"`` needs validation latents: use :func:`nfpi.lampath.solve_path`.
+    """
+    if cfg.lam == "auto":
+        raise ValueError("fpi.lam: auto chooses lambda on validation latents: call nfpi.lampath.solve_path "
+                         "(the solve stage does, given --val-latents)")
     common = {"lam": cfg.lam, "alpha": cfg.alpha, "pi": cfg.pi, "learn": cfg.learn}
     if cfg.method == "gd":
         return solve_gd(stats, **common, policy=cfg.policy, steps=cfg.steps, lr=cfg.lr, vmin=cfg.gd_vmin,  # type: ignore[arg-type]

@@ -7,6 +7,12 @@ One streaming pass over the latent file accumulates the class statistics (n_y, m
 float64 (memory O(K d), independent of the number of images); the solver then works on those
 alone.  ``method: fpi`` runs the fixed-point iteration of Proposition 1 (``lam = 0`` is Baseline 1);
 ``method: gd`` runs Baseline 2 (NF^GD) under one learning-rate policy.
+
+``lam: auto`` (``method: fpi``) runs the lambda path of :mod:`nfpi.lampath` instead of one solve: the
+grid ``fpi.path`` solved by continuation, lambda chosen on the validation latents (``--val-latents``);
+the record holds the whole path.  A GD setting under ``lam: auto`` takes the lambda that the NFPI
+setting's path chose (``--lam-from``, that setting's solve record), so Baseline 2 minimises the same
+objective as NFPI.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="Gaussians (.pt): a ClassGaussianPrior state and the solve record")
     p.add_argument("--out-json", required=True)
     p.add_argument("--name", default="", help="setting name (for logs)")
+    p.add_argument("--val-latents", default=None, help="validation latent file: lam: auto chooses lambda on it")
+    p.add_argument("--lam-from", default=None, help="a solve record (.json) whose chosen lambda a lam: auto GD setting uses")
     args = p.parse_args(argv)
     start_stage(args, "solve")
     spec = json.loads(args.config).get("setting")
@@ -57,7 +65,33 @@ def main(argv: list[str] | None = None) -> None:
     log.info("class statistics of %s: K=%d, d=%d, %d latents in %.2fs", args.latents, stats.num_classes, stats.dim,
              int(stats.counts.sum()), t_stats)
     t0 = time.perf_counter()
-    result = solve_setting(stats, spec)
+    path = None
+    if spec.get("lam") == "auto" and spec.get("method", "fpi") == "fpi":
+        from nfpi.fpi import FPIConfig
+        from nfpi.lampath import solve_path
+        from nfpi.latents import open_latents
+
+        if not args.val_latents:
+            raise ConfigError("fpi.lam: auto chooses lambda on the validation latents: pass --val-latents "
+                              "(the workflow's solve rule does)")
+        zv, yv = open_latents(args.val_latents).read_all()
+        if len(yv) == 0:
+            raise ConfigError(f"fpi.lam: auto needs validation latents, but {args.val_latents} is empty: "
+                              "set data.val_fraction > 0")
+        path = solve_path(stats, from_mapping(FPIConfig, spec, where="setting"), torch.from_numpy(zv.astype("float64")),
+                          torch.from_numpy(yv.astype("int64")))
+        result = path.result
+        log.info("lambda path: chose lambda=%g (%s); boundary %s; %d iterations over %d points", path.chosen,
+                 path.reason, "none" if path.boundary is None else f"{path.boundary:g}", path.total_iterations,
+                 len(path.points))
+    else:
+        if spec.get("lam") == "auto":
+            if not args.lam_from:
+                raise ConfigError(f"setting {args.name or '?'}: fpi.lam: auto with method {spec.get('method')!r} takes "
+                                  "the lambda the NFPI setting's path chose: pass --lam-from <gaussians/nfpi.json>")
+            spec = {**spec, "lam": float(json.loads(open(args.lam_from).read())["lam"])}
+            log.info("lam: auto: lambda=%g, as chosen by the lambda path in %s", spec["lam"], args.lam_from)
+        result = solve_setting(stats, spec)
     t_solve = time.perf_counter() - t0
     log.info("%s: %s after %d iterations in %.2fs (%s)", args.name or "setting", result.status, result.iterations,
              t_solve, spec.get("method"))
@@ -65,11 +99,14 @@ def main(argv: list[str] | None = None) -> None:
     record = {
         "setting": args.name,
         "spec": spec,
+        "lam": result.settings.get("lam"),
         "result": result.to_dict(),
         "status": result.status,
         "seconds": {"stats": t_stats, "solve": t_solve},
         "provenance": provenance(args.config_hash),
     }
+    if path is not None:
+        record["path"] = path.to_dict()
     with atomic_path(args.out, suffix=".pt") as tmp:
         torch.save({"prior": prior.state_dict(), "record": json.loads(json.dumps(record, default=str))}, tmp)
     atomic_write_json(args.out_json, record)

@@ -73,9 +73,10 @@ def table2(cfg: Mapping[str, Any], r: Path, stamp: dict[str, str]) -> Table:
                  stamp)
 
 
-def _ablation_lam(cfg: Mapping[str, Any]) -> float:
+def _ablation_lam(cfg: Mapping[str, Any]) -> float | str:
     lam = cfg.get("experiments", {}).get("ablation_lam")
-    return float(cfg["fpi"]["lam"] if lam is None else lam)
+    lam = cfg["fpi"]["lam"] if lam is None else lam
+    return "auto (each row's own lambda path)" if lam == "auto" else float(lam)
 
 
 def table3(cfg: Mapping[str, Any], r: Path, stamp: dict[str, str]) -> Table:

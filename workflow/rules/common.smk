@@ -77,6 +77,8 @@ def all_targets():
     t = [f"{R}/tables/README.md", f"{R}/figures/fig1_tsne.png", f"{R}/figures/fig2_augment.png",
          f"{R}/figures/training_curves.png"]
     t += [f"{R}/figures/samples_{s}.png" for s in SETTINGS if s in ("baseline1", "nfpi")]
+    if config["fpi"].get("lam") == "auto":
+        t.append(f"{R}/figures/lambda_path.png")
     if config["experiments"].get("latent_ot", True):
         t.append(f"{R}/latent_ot/metrics.json")
     if config["experiments"].get("flowfactor", True):

@@ -1,0 +1,260 @@
+"""Tests for nfpi.lampath: the lambda path (continuation over a geometric grid, choice on validation).
+
+float64 throughout.  Properties: every certified point is a stationary point of Eq. 4 like a cold
+solve; continuation costs fewer iterations than cold solves of the same grid; the divergence boundary
+is reported as a number and the path stops there; the choice sees only the validation split and
+breaks ties towards the smaller lambda.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+
+from nfpi.config import ConfigError, from_mapping
+from nfpi.fpi import ClassStats, FPIConfig, objective, pairwise_kl, pi_normaliser, solve
+from nfpi.lampath import PathPoint, choose, cold_grid, gaussian_accuracy, geometric_grid, separation, solve_path
+
+F64 = torch.float64
+
+
+def make_split(k: int, d: int, n: int, sep: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(k, d, generator=g, dtype=F64) * sep
+    scales = 0.5 + torch.rand(k, d, generator=g, dtype=F64)
+    y = torch.arange(k).repeat_interleave(n)
+    return centers[y] + torch.randn(k * n, d, generator=g, dtype=F64) * scales[y], y
+
+
+def problem(k: int = 6, d: int = 5, seed: int = 0) -> tuple[ClassStats, torch.Tensor, torch.Tensor]:
+    # validation: the same class centres (same seed), jittered by independent noise (seed + 100)
+    z, y = make_split(k, d, 60, 0.6, seed)
+    zv, yv = make_split(k, d, 30, 0.6, seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    zv = zv + 0.3 * torch.randn(zv.shape, generator=g, dtype=F64)
+    return ClassStats.from_latents(z, y, k), zv, yv
+
+
+def grad_norm(stats: ClassStats, mu: torch.Tensor, v: torch.Tensor, lam: float, cfg: FPIConfig) -> float:
+    """Norm of the gradient of Eq. 4 (pi held at the point) in the learned parameters (log v for variances)."""
+    mu = mu.clone().requires_grad_(cfg.learn != "var")
+    logv = torch.log(v).clone().requires_grad_(cfg.learn != "mean")
+    pv = pi_normaliser(pairwise_kl(mu.detach(), v), cfg.pi)
+    obj = objective(mu, torch.exp(logv), stats, lam=lam, alpha=cfg.alpha, pi=cfg.pi, pi_value=pv)
+    params = [t for t in (mu, logv) if t.requires_grad]
+    return float(torch.sqrt(sum((g * g).sum() for g in torch.autograd.grad(obj, params))))
+
+
+CFGS = {
+    "mu_only": {"lam": "auto", "learn": "mean", "init": "identity", "tol": 1e-12, "max_iter": 3000,
+                "path": {"lam_min": 1.0, "lam_max": 1000.0, "points": 7}},
+    "both": {"lam": "auto", "learn": "both", "init": "data", "tol": 1e-12, "max_iter": 3000,
+             "path": {"lam_min": 0.5, "lam_max": 10.0, "points": 6}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(CFGS))
+def test_every_point_is_certified_stationary_like_a_cold_solve(name: str) -> None:
+    stats, zv, yv = problem()
+    cfg = from_mapping(FPIConfig, CFGS[name], where="fpi")
+    path = solve_path(stats, cfg, zv, yv)
+    assert path.boundary is None and len(path.points) == cfg.path.points
+    for pt in path.points:
+        assert pt.certified and pt.status == "converged" and pt.residual <= cfg.tol
+    # stationarity of the chosen point, checked by autograd on Eq. 4 (relative to the starting point's gradient)
+    r = path.result
+    g0 = grad_norm(stats, stats.mean, stats.var if cfg.init == "data" else torch.ones_like(stats.var), path.chosen, cfg)
+    assert grad_norm(stats, r.means, r.variances, path.chosen, cfg) / g0 < 1e-8
+    # the cold solve at the chosen lambda lands on the same fixed point here; both objectives recorded
+    assert path.cold["same_point"] and math.isclose(path.cold["objective"], path.cold["path_objective"], rel_tol=1e-9)
+    # every point equals an independent cold solve (unique fixed point on this problem)
+    for pt, cold in zip(path.points, cold_grid(stats, cfg, [p.lam for p in path.points])):
+        assert cold.status == "converged"
+        assert math.isclose(pt.objective, cold.history[-1]["objective"], rel_tol=1e-9, abs_tol=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(CFGS))
+def test_continuation_takes_fewer_iterations_than_cold_solves(name: str) -> None:
+    stats, zv, yv = problem(seed=1)
+    cfg = from_mapping(FPIConfig, CFGS[name], where="fpi")
+    path = solve_path(stats, cfg, zv, yv)
+    cold = cold_grid(stats, cfg, path.grid)
+    assert path.total_iterations < sum(c.iterations for c in cold)
+
+
+def test_separation_grows_along_the_path() -> None:
+    stats, zv, yv = problem(seed=2)
+    path = solve_path(stats, from_mapping(FPIConfig, CFGS["mu_only"], where="fpi"), zv, yv)
+    med = [p.median_kl for p in path.points]
+    assert all(b > a for a, b in zip(med, med[1:])), med
+
+
+def test_divergence_boundary_is_reported_and_stops_the_path() -> None:
+    # pi="pair" with learned variances: the lagged objective is unbounded above lambda ~ K alpha e^(1/alpha) / 2
+    stats, zv, yv = problem(k=10, d=8, seed=0)
+    cfg = from_mapping(FPIConfig, {"lam": "auto", "pi": "pair", "learn": "both", "max_iter": 500,
+                                   "path": {"lam_min": 1.0, "lam_max": 3000.0, "points": 9}}, where="fpi")
+    path = solve_path(stats, cfg, zv, yv)
+    assert path.boundary is not None and isinstance(path.boundary, float)
+    assert path.points[-1].lam == path.boundary and path.points[-1].status == "diverged"
+    assert len(path.points) < len(path.grid)
+    assert all(p.status != "diverged" for p in path.points[:-1])
+    assert path.chosen < path.boundary and path.points[path.chosen_index].certified
+    d = path.to_dict()
+    assert d["boundary"] == path.boundary and math.isnan(d["points"][-1]["val_acc"])
+
+
+def test_choice_uses_validation_only_and_ties_go_to_the_smaller_lambda() -> None:
+    def pt(lam: float, acc: float, ok: bool = True) -> PathPoint:
+        return PathPoint(lam, "converged" if ok else "max_iter", 5, 1.0, 0.0, ok, 1.0, 2.0, acc, 0.0)
+
+    assert choose([pt(1, 0.8), pt(10, 0.9), pt(100, 0.9)])[0] == 1
+    assert choose([pt(1, 0.8), pt(10, 0.89), pt(100, 0.9)], tie_tol=0.02)[0] == 1
+    assert choose([pt(1, 0.8), pt(10, 0.95, ok=False), pt(100, 0.9)])[0] == 2  # uncertified points never win
+    with pytest.raises(ValueError, match="no lambda of the grid"):
+        choose([pt(1, 0.8, ok=False)])
+    # the path reads nothing but (stats, validation latents): permuting the training labels' names
+    # changes the Gaussians, relabelling the validation set changes only the accuracies
+    stats, zv, yv = problem(seed=3)
+    cfg = from_mapping(FPIConfig, CFGS["mu_only"], where="fpi")
+    a = solve_path(stats, cfg, zv, yv)
+    b = solve_path(stats, cfg, zv.clone(), yv.clone())
+    assert a.chosen == b.chosen and [p.val_acc for p in a.points] == [p.val_acc for p in b.points]
+
+
+def test_warm_start_from_a_previous_choice() -> None:
+    stats, zv, yv = problem(seed=4)
+    cfg = from_mapping(FPIConfig, CFGS["mu_only"], where="fpi")
+    first = solve_path(stats, cfg, zv, yv)
+    again = solve_path(stats, cfg, zv, yv, start=(first.result.means, first.result.variances))
+    assert again.chosen == first.chosen
+    torch.testing.assert_close(again.result.means, first.result.means, rtol=1e-8, atol=1e-8)
+
+
+def test_helpers() -> None:
+    g = geometric_grid(1.0, 1000.0, 4)
+    assert g[0] == 1.0 and g[-1] == 1000.0 and math.isclose(g[1], 10.0) and math.isclose(g[2], 100.0)
+    with pytest.raises(ValueError, match="fpi.path"):
+        geometric_grid(10.0, 1.0, 3)
+    mu = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 1.0]], dtype=F64)
+    v = torch.ones_like(mu)
+    lo, med = separation(mu, v)
+    assert math.isclose(lo, 0.5) and math.isclose(med, 4.5)  # KLs 4.5, 0.5, 5.0, each twice: the lower median
+    z = mu + 0.01
+    assert gaussian_accuracy(mu, v, z, torch.arange(3)) == 1.0
+    assert gaussian_accuracy(mu, v, z, torch.tensor([1, 0, 2]), chunk=1) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="lampath.solve_path"):
+        solve(ClassStats.from_latents(z, torch.arange(3), 3), FPIConfig(lam="auto"))
+
+
+# ---------------------------------------------------------------- through the stages (solve, lambda_path, finetune)
+
+FLOW = {"preset": "digits", "hidden": 8, "steps": 1, "actnorm_per_pixel": False}
+AUTO = {"method": "fpi", "lam": "auto", "learn": "mean", "init": "identity", "max_iter": 300,
+        "path": {"lam_min": 1.0, "lam_max": 1000.0, "points": 4}}
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Capped digits, a tiny 4-bit pretrained flow, its train / val latents, and the NFPI solve under lam: auto."""
+    import json
+
+    from nfpi import pretrain, solve as solve_stage
+    from nfpi.data import DataConfig, PreparedData, prepare_dataset
+    from nfpi.evaluation import extract_latents
+    from nfpi.latents import write_latents
+    from nfpi.training import load_trained_flow
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("lampath")
+    data = root / "data"
+    prepare_dataset(DataConfig(max_train_per_class=12, max_test_per_class=4), data)
+    pre = root / "pretrain.pt"
+    train = {"steps": 8, "batch_size": 16, "warmup_steps": 2, "checkpoint_every": 4, "log_every": 2, "n_bits": 4}
+    pretrain.main(["--config", json.dumps({"flow": FLOW, "train": train}), "--data-dir", str(data),
+                   "--out", str(pre), "--metrics", str(root / "pretrain.json")])
+    trained = load_trained_flow(pre)
+    d = PreparedData(data)
+    lat = {}
+    for split in ("train", "val"):
+        lat[split] = root / f"{split}.parquet"
+        write_latents(lat[split], extract_latents(trained.flow, d.dataset(split), n_bits=4),
+                      dim=trained.flow.latent_dim, split=split, num_rows=len(d.labels(split)))
+    args = ["--latents", str(lat["train"]), "--val-latents", str(lat["val"]), "--data-dir", str(data)]
+    solve_stage.main(["--config", json.dumps({"setting": AUTO}), *args, "--out", str(root / "nfpi.pt"),
+                      "--out-json", str(root / "nfpi.json"), "--name", "nfpi"])
+    return {"root": root, "data": data, "pre": pre, "args": args, "record": json.loads((root / "nfpi.json").read_text())}
+
+
+def test_solve_stage_records_the_path_and_uses_the_chosen_lambda(staged: dict[str, Any]) -> None:
+    rec = staged["record"]
+    path = rec["path"]
+    assert len(path["points"]) == 4 and path["rule"] and path["reason"]
+    assert rec["lam"] == path["chosen"] == path["points"][path["chosen_index"]]["lam"]
+    assert rec["result"]["settings"]["lam_auto"] is True and "lambda path" in rec["result"]["message"]
+    g = torch.load(staged["root"] / "nfpi.pt", map_location="cpu", weights_only=True)
+    assert g["record"]["path"]["chosen"] == path["chosen"]
+
+
+def test_changing_test_labels_cannot_change_the_choice(staged: dict[str, Any]) -> None:
+    import json
+    import shutil
+
+    import numpy as np
+
+    from nfpi import solve as solve_stage
+
+    data2 = staged["root"] / "data_relabelled"
+    shutil.copytree(staged["data"], data2)
+    labels = np.load(data2 / "test_labels.npy")
+    np.save(data2 / "test_labels.npy", np.roll(labels, 1))
+    args = [a if a != str(staged["data"]) else str(data2) for a in staged["args"]]
+    solve_stage.main(["--config", json.dumps({"setting": AUTO}), *args, "--out", str(staged["root"] / "again.pt"),
+                      "--out-json", str(staged["root"] / "again.json")])
+    again = json.loads((staged["root"] / "again.json").read_text())["path"]
+    first = staged["record"]["path"]
+    assert again["chosen"] == first["chosen"]
+    assert [p["val_acc"] for p in again["points"]] == [p["val_acc"] for p in first["points"]]
+
+
+def test_gd_under_auto_takes_the_nfpi_choice_and_the_figure_stage_draws_the_path(staged: dict[str, Any]) -> None:
+    import json
+
+    from nfpi import lambda_path, solve as solve_stage
+
+    root = staged["root"]
+    gd = {**AUTO, "method": "gd", "steps": 30, "lr": 0.05}
+    with pytest.raises(ConfigError, match="--lam-from"):
+        solve_stage.main(["--config", json.dumps({"setting": gd}), *staged["args"], "--out", str(root / "gd.pt"),
+                          "--out-json", str(root / "gd.json")])
+    solve_stage.main(["--config", json.dumps({"setting": gd}), *staged["args"], "--lam-from", str(root / "nfpi.json"),
+                      "--out", str(root / "gd.pt"), "--out-json", str(root / "gd.json")])
+    assert json.loads((root / "gd.json").read_text())["lam"] == staged["record"]["path"]["chosen"]
+    lambda_path.main(["--record", str(root / "nfpi.json"), "--tables-dir", str(root / "tables"),
+                      "--figure", str(root / "lambda_path.png")])
+    md = (root / "tables" / "lambda_path.md").read_text()
+    assert "chosen" in md and md.count("| converged") + md.count("| max_iter") == 4
+    assert (root / "lambda_path.png").stat().st_size > 5000
+    with pytest.raises(ConfigError, match="no lambda path"):
+        lambda_path.main(["--record", str(root / "gd.json"), "--tables-dir", str(root / "t2"),
+                          "--figure", str(root / "x.png")])
+
+
+def test_finetune_rounds_rerun_the_path_warm_started(staged: dict[str, Any]) -> None:
+    import json
+
+    from nfpi import finetune
+
+    root = staged["root"]
+    out = root / "ft" / "nfpi.pt"
+    train = {"steps": 4, "batch_size": 16, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 1, "rounds": 2}
+    finetune.main(["--config", json.dumps({"train": train, "setting": AUTO}), "--data-dir", str(staged["data"]),
+                   "--init", str(staged["pre"]), "--gaussians", str(root / "nfpi.pt"), "--out", str(out),
+                   "--metrics", str(root / "ft.json")])
+    rounds = json.loads((root / "ft.json").read_text())["rounds"]
+    resolve = rounds[1]["solve"]
+    assert resolve["path"]["chosen"] == resolve["lam"] and len(resolve["path"]["points"]) == 4
+    assert all(p["certified"] for p in resolve["path"]["points"])
