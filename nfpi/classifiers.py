@@ -44,6 +44,7 @@ __all__ = [
     "ClassifierConfig",
     "PRESETS",
     "classifier_config",
+    "check_pretrained_file",
     "Classifier",
     "PretrainedLoadError",
     "register_classifier",
@@ -60,8 +61,9 @@ log = logging.getLogger(__name__)
 class ClassifierConfig:
     """Options of one classifier run (config slices ``cnn``, ``swin``, ``eva02``).
 
-    The defaults are the paper's ResNet18 (CNN-Acc) settings; :data:`PRESETS` holds the Swin and EVA02
-    ones and :func:`classifier_config` overlays a config slice on the preset of its section.
+    The defaults are the paper's ResNet18 (CNN-Acc) settings; :data:`PRESETS` holds the recipe of each
+    config section (``cnn``: ResNet18, ``swin``: Swin, ``eva02``: EVA02 fine-tuning) and
+    :func:`classifier_config` overlays a config slice on the preset of its section.
 
     Attributes:
         arch: registry name: ``"resnet18"``, ``"swin"``, ``"eva02"`` (see :func:`available_classifiers`).
@@ -119,17 +121,29 @@ class ClassifierConfig:
     log_every: int = 0
 
 
-#: Paper settings per config section (Sec. 5.1).  ``swin`` trains 1000 epochs in the paper; the
-#: preset keeps that and the workflow's configs shorten it for the embedded example.
+#: The paper's EVA02 (87.12M params with the 1000-class head, MIM in22k, fine-tuned in22k -> in1k, 448 px):
+#: timm's ``eva02_base_patch14_448.mim_in22k_ft_in22k_in1k`` is the only EVA02 of that size.
+DEFAULT_EVA02_PRETRAINED = "eva02_base_patch14_448.mim_in22k_ft_in22k_in1k"
+#: Where the EVA02 preset expects its weights (relative to the working directory); see
+#: :func:`check_pretrained_file` for how to get the file.
+DEFAULT_EVA02_FILE = f"checkpoints/{DEFAULT_EVA02_PRETRAINED}.pth"
+
+#: Paper settings per config section (Sec. 5.2, "Implementation Details"); each section of a config is
+#: parsed on top of its own preset (:func:`classifier_config`) and the schema shows these as the
+#: sections' defaults.  ``swin`` trains 1000 epochs in the paper; the workflow's configs shorten it
+#: where the paper has no Swin result (ImageNet, MNIST).  ``eva02`` fine-tunes the ImageNet-pretrained
+#: timm EVA02 from ``pretrained_file``: SGD at lr 1e-5 for 3 epochs only adjusts an already trained
+#: model, it cannot train one from scratch (the digits config sets its own from-scratch recipe).
 PRESETS: dict[str, ClassifierConfig] = {
     "cnn": ClassifierConfig(),
     "swin": ClassifierConfig(
-        arch="swin", epochs=1000, batch_size=256, optimizer="adamw", lr=2e-3, weight_decay=5e-2,
+        arch="swin", epochs=1000, batch_size=256, optimizer="adamw", lr=2e-3, max_lr=2e-3, weight_decay=5e-2,
         schedule="cosine", warmup_epochs=10.0, crop_flip=True, standard_aug=False,
     ),
     "eva02": ClassifierConfig(
-        arch="eva02", epochs=3, batch_size=64, optimizer="sgd", lr=1e-5, momentum=0.9, weight_decay=0.0,
-        schedule="constant", grad_clip=1.0, crop_flip=False, standard_aug=False,
+        arch="eva02", epochs=3, batch_size=64, optimizer="sgd", lr=1e-5, max_lr=1e-5, momentum=0.9,
+        weight_decay=0.0, schedule="constant", grad_clip=1.0, crop_flip=False, standard_aug=False,
+        pretrained_file=DEFAULT_EVA02_FILE,
     ),
 }
 
@@ -148,6 +162,39 @@ def classifier_config(section: str, mapping: Mapping[str, Any] | None = None) ->
     if isinstance(mapping.get("aug"), Mapping):  # only the aug keys given override the preset's aug
         kwargs["aug"] = dataclasses.replace(base.aug, **{k: getattr(parsed.aug, k) for k in mapping["aug"]})
     return dataclasses.replace(base, **kwargs)
+
+
+def _missing_weights(key: str, path: str | Path, model_name: str | None) -> str:
+    """One line for a missing weights file: the key, the path and how to get the file without network."""
+    if model_name is None:
+        how = "put the state-dict file there"
+    else:  # the command saves exactly the state dict _load_pretrained reads (timm names, no wrapper)
+        how = (f"on a machine with internet run `python -c \"import timm, torch; m = timm.create_model('{model_name}', "
+               f"pretrained=True); torch.save(m.state_dict(), '{path}')\"` and copy the file there")
+    return (f"{key}: pretrained weights file '{path}' not found (nothing is downloaded at run time); {how}, "
+            f"or set {key}: null with a from-scratch recipe (docs/classifiers.md)")
+
+
+def check_pretrained_file(config: Mapping[str, Any]) -> None:
+    """Fail at workflow start-up when a classifier section the run uses names a missing weights file.
+
+    ``config`` is the workflow config (the sections ``cnn``, ``swin``, ``eva02`` and ``experiments``);
+    each section is resolved on its preset, and ``swin`` / ``eva02`` count only when their experiment
+    (Tables 5 / 6) is on.  Called from ``workflow/rules/common.smk`` so a Table 6 run without its EVA02
+    checkpoint stops before any job starts instead of hours later in the ``eva02`` jobs.
+
+    Raises:
+        ConfigError: one line naming ``<section>.pretrained_file``, the path and how to get the file.
+    """
+    experiments = config.get("experiments") or {}
+    for section in PRESETS:
+        if section != "cnn" and not experiments.get(section, True):
+            continue
+        cfg = classifier_config(section, config.get(section))
+        if cfg.pretrained_file is None or Path(cfg.pretrained_file).is_file():
+            continue
+        model_name = (cfg.model_kwargs or {}).get("model_name", DEFAULT_EVA02_PRETRAINED if cfg.arch == "eva02" else None)
+        raise ConfigError(_missing_weights(f"{section}.pretrained_file", cfg.pretrained_file, model_name))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -306,10 +353,6 @@ def _eva02_scratch_defaults(image_shape: tuple[int, int, int]) -> dict[str, Any]
                 ref_feat_shape=(grid, grid))
 
 
-#: The paper's EVA02 (87.12M params, MIM in22k, fine-tuned in22k -> in1k, 448 px).
-DEFAULT_EVA02_PRETRAINED = "eva02_base_patch14_448.mim_in22k_ft_in22k_in1k"
-
-
 @register_classifier("eva02")
 def _build_eva02(cfg: ClassifierConfig, image_shape: tuple[int, int, int], num_classes: int) -> Classifier:
     """EVA02 from a local pretrained file (timm architecture ``model_name``), else a small one from scratch.
@@ -344,7 +387,8 @@ def _build_eva02(cfg: ClassifierConfig, image_shape: tuple[int, int, int], num_c
     if cfg.pretrained_file is not None:
         from timm.models.eva import checkpoint_filter_fn
 
-        _load_pretrained(model, cfg.pretrained_file, key="eva02.pretrained_file", filter_fn=checkpoint_filter_fn)
+        _load_pretrained(model, cfg.pretrained_file, key="eva02.pretrained_file", filter_fn=checkpoint_filter_fn,
+                         model_name=model_name)
         out.pretrained, out.pretrained_file = True, cfg.pretrained_file
     return out
 
@@ -355,6 +399,7 @@ def _load_pretrained(
     *,
     key: str,
     filter_fn: Callable[[dict[str, Tensor], nn.Module], dict[str, Tensor]] | None = None,
+    model_name: str | None = None,
 ) -> None:
     """Load a local weights file into ``model``, adapting what timm adapts and refusing any other mismatch.
 
@@ -367,8 +412,7 @@ def _load_pretrained(
     """
     p = Path(path)
     if not p.is_file():
-        raise PretrainedLoadError(f"{key}: pretrained weights file '{p}' not found; put the file there "
-                                  f"(nothing is downloaded at run time) or set {key}: null to train from scratch")
+        raise PretrainedLoadError(_missing_weights(key, p, model_name))
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file

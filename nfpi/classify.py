@@ -7,7 +7,10 @@ Two uses (Section 5):
   optionally enlarged with NF-augmented images (``--extra-npz augment/nf_train.npz``), with or without
   the standard augmentations (the ``standard_aug`` key of the classifier slice).
 
-    python -m nfpi.classify --config '{"classifier": {...}}' --data-dir D --train-npz S --out cnn/<setting>.json
+    python -m nfpi.classify --section cnn --config '{"classifier": {...}}' --data-dir D --train-npz S --out cnn/<setting>.json
+
+The ``classifier`` slice is parsed on the preset of its config section (``--section``: ``cnn`` ResNet18,
+``swin``, ``eva02``; ``nfpi.classifiers.PRESETS``), so keys a config leaves out keep that recipe.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 def main(argv: list[str] | None = None) -> None:
     p = stage_parser(__doc__ or "")
+    p.add_argument("--section", required=True, choices=("cnn", "swin", "eva02"),
+                   help="config section of the classifier slice: its preset fills the keys not given")
     p.add_argument("--data-dir", required=True)
     p.add_argument("--train-npz", default=None, help="train only on these images (generated samples)")
     p.add_argument("--real-train", action="store_true", help="train on the real training split")
@@ -42,10 +47,10 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     start_stage(args, "classify")
 
-    from nfpi.classifiers import ClassifierConfig, evaluate_classifier, train_classifier
+    from nfpi.classifiers import ClassifierConfig, classifier_config, evaluate_classifier, train_classifier
     from nfpi.data import PreparedData
 
-    cfg: ClassifierConfig = parse_slices(args.config, classifier=ClassifierConfig)["classifier"]
+    cfg: ClassifierConfig = classifier_config(args.section, parse_slices(args.config).get("classifier"))
     data = PreparedData(args.data_dir)
     parts: list[tuple[np.ndarray, np.ndarray]] = []
     if args.train_npz:

@@ -19,7 +19,7 @@ rule cnn:
     resources:
         **gpu_resources("infer"),
     shell:
-        "{PY} -m nfpi.classify --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
+        "{PY} -m nfpi.classify --section cnn --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
         " --name cnn_{wildcards.setting} --train-npz {input.npz} --data-dir $(dirname {input.meta})"
         " --out {output} > {log} 2>&1"
 
@@ -75,9 +75,11 @@ for _model in ("swin", "eva02"):
         benchmark:
             f"{R}/benchmarks/{_model}_{{nfa}}_{{sa}}.tsv",
         threads: config["threads"]["other"]
+        # One GPU whatever resources.gpus says: the classifier loop is single-process (no DDP), so N GPUs
+        # would sit idle but be billed; the four runs per model are independent jobs and fill N GPUs instead.
         resources:
-            **gpu_resources("train"),
+            **{**gpu_resources("train"), "gpu": min(RES["gpus"], 1)},
         shell:
-            "{PY} -m nfpi.classify --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
+            "{PY} -m nfpi.classify --section {params.model} --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
             " --name {params.model}_{wildcards.nfa}_{wildcards.sa} --real-train {params.extra}"
             " --data-dir $(dirname {input.meta}) --out {output} > {log} 2>&1"
