@@ -238,3 +238,35 @@ def test_pretrained_file_errors_name_the_file_and_key(tmp_path: Path) -> None:
     _save_tiny_eva(wider, "pt", embed_dim=96)
     with pytest.raises(PretrainedLoadError, match="does not match"):
         build_classifier(dataclasses.replace(cfg, pretrained_file=str(wider)), (3, 32, 32), 10)
+
+
+def test_a_plain_state_dict_loads_with_pos_embed_resampled_and_weights_arriving(tmp_path: Path) -> None:
+    # The file `torch.save(timm.create_model(name).state_dict(), path)` writes (docs/classifiers.md), here
+    # for a 1-block timm EVA02 at 28 px (2x2 patches of 14), loaded into the same arch at 42 px (3x3):
+    # timm's checkpoint_filter_fn resamples the position embedding, the head is re-initialised for K=4.
+    torch.manual_seed(2)
+    import timm
+
+    src = timm.create_model("eva02_tiny_patch14_224", pretrained=False, depth=1, img_size=28, num_classes=10)
+    path = tmp_path / "eva02_tiny.pth"
+    torch.save(src.state_dict(), path)
+    cfg = ClassifierConfig(arch="eva02", model_kwargs={**TINY_EVA, "img_size": 42}, pretrained_file=str(path))
+    model = build_classifier(cfg, (3, 32, 32), 4)
+    assert model.pretrained is True and model.input_size == (42, 42)
+    torch.testing.assert_close(model.backbone.blocks[0].mlp.fc1.weight, src.blocks[0].mlp.fc1.weight)
+    torch.testing.assert_close(model.backbone.patch_embed.proj.weight, src.patch_embed.proj.weight)
+    assert src.pos_embed.shape == (1, 1 + 2 * 2, 192) and model.backbone.pos_embed.shape == (1, 1 + 3 * 3, 192)
+    torch.testing.assert_close(model.backbone.pos_embed[:, 0], src.pos_embed[:, 0])  # class token: not resampled
+    assert model.backbone.head.weight.shape == (4, 192)
+    assert torch.isfinite(model(torch.rand(2, 3, 32, 32))).all()
+
+
+def test_a_missing_file_says_how_to_get_it_in_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "eva02_tiny.pth"
+    cfg = ClassifierConfig(arch="eva02", model_kwargs=TINY_EVA, pretrained_file=str(missing))
+    with pytest.raises(PretrainedLoadError) as err:
+        build_classifier(cfg, (3, 32, 32), 10)
+    msg = str(err.value)
+    assert "\n" not in msg and "eva02.pretrained_file" in msg and str(missing) in msg
+    assert f"timm.create_model('eva02_tiny_patch14_224', pretrained=True)" in msg
+    assert f"torch.save(m.state_dict(), '{missing}')" in msg
