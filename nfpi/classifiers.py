@@ -551,6 +551,12 @@ def train_classifier(
     """Train ``cfg.arch`` on uint8 images ``[N, C, H, W]`` (flow samples for CNN-Acc; real + NF-augmented
     images for Tables 5-6) with the paper's optimiser settings in ``cfg``.
 
+    Under ``torchrun`` (``WORLD_SIZE`` > 1; :mod:`nfpi.distributed`) every rank calls this with the same
+    data: ``batch_size`` stays the global batch, each rank trains on its contiguous share of every
+    global batch (drawn, with its crops, by all ranks from the same generator), DDP averages the
+    gradients, and only rank 0 writes ``log_path``; the result matches one process up to float
+    summation order (per-sample ``standard_aug`` draws differ per rank).
+
     Args:
         cfg: the run's options (see :class:`ClassifierConfig`, :func:`classifier_config`).
         train_images: uint8 ``[N, C, H, W]``.
@@ -576,10 +582,26 @@ def train_classifier(
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ConfigError(f"config keys 'epochs' and 'batch_size' must be >= 1; got {cfg.epochs}, {cfg.batch_size}")
 
+    from nfpi import distributed as ddp
+
     gen = seed_everything(cfg.seed)
-    device = select_device(cfg.device)
+    # Under torchrun (resources.gpus > 1) every rank runs this function: one code path, the global
+    # batch split across ranks, gradients averaged by DDP; a plain run is world 1 and unchanged.
+    info = ddp.init_distributed(cfg.device)
+    device, world, rank = info.device, info.world_size, info.rank
+    if cfg.batch_size % world:
+        raise ConfigError(f"config key 'batch_size' ({cfg.batch_size}, the global batch) must be divisible by the "
+                          f"{world} processes (resources.gpus)")
     model = build_classifier(cfg, tuple(image_shape), num_classes).to(device)
     num_params = sum(p.numel() for p in model.parameters())
+    net: nn.Module = model
+    if world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # ResNet18: batch statistics over all ranks
+        ddp.broadcast_module(model)  # identical start on every rank (timm inits draw from the global RNG)
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        # Per-sample augmentations and mixup draw from the global RNGs: a different stream per rank.
+        torch.manual_seed(cfg.seed + 1000 * rank)
+        np.random.seed(cfg.seed + 1000 * rank)
     opt = _make_optimizer(cfg, model)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
@@ -590,10 +612,14 @@ def train_classifier(
 
     if cfg.standard_aug:
         aug_cfg = dataclasses.replace(cfg.aug, hflip=cfg.aug.hflip and cfg.hflip)
+        dataset = _SampleAugDataset(images, labels, build_sample_transform(aug_cfg, tuple(image_shape)))
+        sampler = (torch.utils.data.distributed.DistributedSampler(dataset, num_replicas=world, rank=rank,
+                                                                   shuffle=True, seed=cfg.seed)
+                   if world > 1 else None)
         loader: Any = torch.utils.data.DataLoader(
-            _SampleAugDataset(images, labels, build_sample_transform(aug_cfg, tuple(image_shape))),
-            batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers, generator=gen,
-            pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0,
+            dataset, batch_size=cfg.batch_size // world, shuffle=sampler is None, sampler=sampler,
+            num_workers=cfg.num_workers, generator=gen, pin_memory=device.type == "cuda",
+            persistent_workers=cfg.num_workers > 0,
         )
     else:
         images_dev = images.to(device)  # uint8 on the device: 1 byte/pixel, batches are gathered there
@@ -603,16 +629,18 @@ def train_classifier(
                                "arch": cfg.arch, "num_params": num_params,
                                "pretrained": bool(getattr(model, "pretrained", False)),
                                "pretrained_file": getattr(model, "pretrained_file", None), "steps": 0}
-    log.info("training %s (%.2fM params, pretrained=%s) on %d images for %d epochs (%d steps) on %s",
-             cfg.arch, num_params / 1e6, history["pretrained"], n, cfg.epochs, total, device)
+    log.info("training %s (%.2fM params, pretrained=%s) on %d images for %d epochs (%d steps) on %s x %d",
+             cfg.arch, num_params / 1e6, history["pretrained"], n, cfg.epochs, total, device, world)
     step = 0
     for epoch in range(cfg.epochs):
-        model.train()
+        net.train()
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
         if cfg.standard_aug:
+            if world > 1:
+                loader.sampler.set_epoch(epoch)
             batches: Any = ((x.to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in loader)
         else:
             perm = torch.randperm(n, generator=gen).to(device)
@@ -621,22 +649,36 @@ def train_classifier(
         for xb, yb in batches:
             if cfg.crop_flip and not cfg.standard_aug:
                 xb = random_crop_flip(xb, padding=padding, hflip=cfg.hflip, generator=gen)
+            # Every rank draws the permutation and crops of the whole global batch (the same stream, so
+            # the ranks stay in step and 2 processes see what 1 process sees) and keeps its contiguous
+            # share; the loss is weighted so DDP's mean over ranks is the global batch's mean.
+            scale = 1.0
+            if world > 1 and not cfg.standard_aug:
+                if xb.shape[0] < world:  # a last batch smaller than the ranks: skipped by all of them
+                    continue
+                bounds = [len(c) for c in torch.arange(xb.shape[0]).tensor_split(world)]
+                start = sum(bounds[:rank])
+                scale = bounds[rank] * world / xb.shape[0]
+                xb, yb = xb[start:start + bounds[rank]], yb[start:start + bounds[rank]]
             x = xb.float().div_(255.0)
             if mixer is not None and x.shape[0] % 2 == 0:
                 x, target = mixer(x, yb)
             else:
                 target = None
             with autocast(device, cfg.precision):
-                logits = model(x)
+                logits = net(x)
             if target is not None:
                 loss = _soft_cross_entropy(logits, target)
             else:
                 loss = nn.functional.cross_entropy(logits.float(), yb, label_smoothing=label_smoothing)
-            if not torch.isfinite(loss):
+            # All ranks take the same decision (one rank raising alone would leave the others waiting).
+            finite = bool(torch.isfinite(loss)) if world == 1 else \
+                not float(ddp.all_reduce_max((~torch.isfinite(loss)).float().reshape(1)))
+            if not finite:
                 raise FloatingPointError(f"classifier loss became {loss.item()} at step {step} (epoch {epoch}); "
                                          f"lower lr / max_lr or set grad_clip")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * scale if world > 1 else loss).backward()
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
@@ -648,6 +690,11 @@ def train_classifier(
             seen += xb.shape[0]
             if cfg.log_every and step % cfg.log_every == 0:
                 log.info("step %d/%d loss %.4f lr %.3g", step, total, loss.item(), opt.param_groups[0]["lr"])
+        if world > 1:  # the epoch's figures over all ranks' shares
+            totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64,
+                                                                           device=device)])
+            torch.distributed.all_reduce(totals)
+            loss_sum, correct, seen = totals[0], totals[1], int(totals[2])
         rec = {"epoch": epoch + 1, "loss": float(loss_sum) / seen, "train_acc": float(correct) / seen,
                "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
         for k, v in rec.items():
@@ -655,7 +702,7 @@ def train_classifier(
         history["steps"] = step
         log.info("epoch %d/%d loss %.4f train_acc %.4f (%.1fs)", epoch + 1, cfg.epochs, rec["loss"],
                  rec["train_acc"], rec["seconds"])
-        if log_path is not None:
+        if log_path is not None and info.is_main:
             append_jsonl(log_path, {"arch": cfg.arch, **rec})
     model.eval()
     return model, history

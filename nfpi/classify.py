@@ -67,6 +67,12 @@ def main(argv: list[str] | None = None) -> None:
     model, history = train_classifier(cfg, images, labels, image_shape=tuple(data.image_shape),
                                       num_classes=data.num_classes)
     wall = time.perf_counter() - t0
+    from nfpi import distributed as ddp
+
+    info = ddp.init_distributed(cfg.device)  # already initialised by train_classifier under torchrun
+    if not info.is_main:  # rank 0 evaluates and writes; the other ranks are done
+        ddp.cleanup()
+        return
     out = {"setting": args.name, "train_size": int(len(labels)), "train_seconds": wall, "history": history,
            "config": cfg, "parameters": sum(p.numel() for p in model.parameters()),
            "pretrained": bool(getattr(model, "pretrained", False))}
@@ -76,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
                  100 * out[split]["top5"])
     out["provenance"] = provenance(args.config_hash)
     atomic_write_json(args.out, out)
+    ddp.cleanup()
 
 
 if __name__ == "__main__":

@@ -74,20 +74,23 @@ def test_under_slurm_prepare_runs_on_the_submit_host_only_when_it_downloads(tmp_
     assert {"all", "tables"} <= set(local)  # rules without a command are local anyway
 
 
-def test_with_two_gpus_the_flow_uses_torchrun_and_each_classifier_run_one_gpu(tmp_path: Path) -> None:
+def test_with_two_gpus_the_transformer_runs_launch_torchrun_on_both(tmp_path: Path) -> None:
+    # No GPU is reserved idle: swin / eva02 run one DDP process per GPU, like the flow rules.
     proc = _snakemake(["all", "-n", "-p", "--executor", "slurm", "--jobs", "1"], tmp_path,
                       {"run": "gpus2", "resources": {"gpus": 2, "mem_mb": {"cpu": 1000, "train": 2000, "infer": 1000},
                                                      "runtime_min": {"cpu": 10, "train": 10, "infer": 10}}})
     assert proc.returncode == 0, proc.stderr[-4000:]
     jobs = _jobs(proc.stdout)
+    torchrun2 = "-m torch.distributed.run --standalone --nproc_per_node=2 -m nfpi."
     (pretrain,) = jobs["pretrain"]
-    assert "gpu=2" in pretrain and "--nproc_per_node=2" in pretrain
+    assert "gpu=2," in pretrain and torchrun2 + "pretrain " in pretrain
     for rule in ("swin", "eva02"):
         assert len(jobs[rule]) == 4
         for block in jobs[rule]:
-            assert "gpu=1," in block and "gpu=2" not in block and "torch.distributed.run" not in block
-            assert f"-m nfpi.classify --section {rule} " in block
-    assert jobs["cnn"] and all("--section cnn " in b for b in jobs["cnn"])
+            assert "gpu=2," in block and f"{torchrun2}classify --section {rule} " in block
+    # CNN-Acc (inference-sized runs) keeps one GPU and one process.
+    assert jobs["cnn"] and all("gpu=1," in b and "torch.distributed.run" not in b and "--section cnn " in b
+                               for b in jobs["cnn"])
 
 
 def test_a_missing_eva02_checkpoint_fails_before_any_job(tmp_path: Path) -> None:

@@ -70,16 +70,16 @@ for _model in ("swin", "eva02"):
             chash=lambda wc, m=_model: lineage_hash(config, "nfpi", "augment", m),
             extra=lambda wc, input: f"--extra-npz {input.extra}" if wc.nfa == "nf" else "",
             model=_model,
+            launch=lambda wc, resources: launcher(resources.gpu),
         log:
             f"{R}/logs/{_model}_{{nfa}}_{{sa}}.log",
         benchmark:
             f"{R}/benchmarks/{_model}_{{nfa}}_{{sa}}.tsv",
         threads: config["threads"]["other"]
-        # One GPU whatever resources.gpus says: the classifier loop is single-process (no DDP), so N GPUs
-        # would sit idle but be billed; the four runs per model are independent jobs and fill N GPUs instead.
+        # resources.gpus > 1: torchrun with one process per GPU (DDP in nfpi.classifiers, as the flow rules).
         resources:
-            **{**gpu_resources("train"), "gpu": min(RES["gpus"], 1)},
+            **gpu_resources("train"),
         shell:
-            "{PY} -m nfpi.classify --section {params.model} --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
+            "{params.launch} -m nfpi.classify --section {params.model} --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
             " --name {params.model}_{wildcards.nfa}_{wildcards.sa} --real-train {params.extra}"
             " --data-dir $(dirname {input.meta}) --out {output} > {log} 2>&1"
