@@ -193,7 +193,8 @@ def check_pretrained_file(config: Mapping[str, Any]) -> None:
         cfg = classifier_config(section, config.get(section))
         if cfg.pretrained_file is None or Path(cfg.pretrained_file).is_file():
             continue
-        model_name = (cfg.model_kwargs or {}).get("model_name", DEFAULT_EVA02_PRETRAINED if cfg.arch == "eva02" else None)
+        default_name = DEFAULT_EVA02_PRETRAINED if cfg.arch == "eva02" else None
+        model_name = (cfg.model_kwargs or {}).get("model_name", default_name)
         raise ConfigError(_missing_weights(f"{section}.pretrained_file", cfg.pretrained_file, model_name))
 
 

@@ -7,7 +7,8 @@ Two uses (Section 5):
   optionally enlarged with NF-augmented images (``--extra-npz augment/nf_train.npz``), with or without
   the standard augmentations (the ``standard_aug`` key of the classifier slice).
 
-    python -m nfpi.classify --section cnn --config '{"classifier": {...}}' --data-dir D --train-npz S --out cnn/<setting>.json
+    python -m nfpi.classify --section cnn --config '{"classifier": {...}}' --data-dir D --train-npz S \\
+        --out cnn/<setting>.json
 
 The ``classifier`` slice is parsed on the preset of its config section (``--section``: ``cnn`` ResNet18,
 ``swin``, ``eva02``; ``nfpi.classifiers.PRESETS``), so keys a config leaves out keep that recipe.

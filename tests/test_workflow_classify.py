@@ -94,7 +94,8 @@ def test_with_two_gpus_the_transformer_runs_launch_torchrun_on_both(tmp_path: Pa
 
 
 def test_a_missing_eva02_checkpoint_fails_before_any_job(tmp_path: Path) -> None:
-    proc = _snakemake(["all", "--cores", "1"], tmp_path, {"run": "nockpt", "eva02": {"pretrained_file": "ckpt/eva.pth"}})
+    overlay = {"run": "nockpt", "eva02": {"pretrained_file": "ckpt/eva.pth"}}
+    proc = _snakemake(["all", "--cores", "1"], tmp_path, overlay)
     assert proc.returncode != 0
     assert "eva02.pretrained_file: pretrained weights file 'ckpt/eva.pth' not found" in proc.stderr
     assert "timm.create_model('eva02_base_patch14_448.mim_in22k_ft_in22k_in1k', pretrained=True)" in proc.stderr

@@ -80,6 +80,7 @@ for _model in ("swin", "eva02"):
         resources:
             **gpu_resources("train"),
         shell:
-            "{params.launch} -m nfpi.classify --section {params.model} --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
+            "{params.launch} -m nfpi.classify --section {params.model} --config {params.cfg:q}"
+            " --config-hash {params.chash} --threads {threads}"
             " --name {params.model}_{wildcards.nfa}_{wildcards.sa} --real-train {params.extra}"
             " --data-dir $(dirname {input.meta}) --out {output} > {log} 2>&1"
