@@ -44,6 +44,7 @@ __all__ = [
     "ClassifierConfig",
     "PRESETS",
     "classifier_config",
+    "check_pretrained_file",
     "Classifier",
     "PretrainedLoadError",
     "register_classifier",
@@ -60,8 +61,9 @@ log = logging.getLogger(__name__)
 class ClassifierConfig:
     """Options of one classifier run (config slices ``cnn``, ``swin``, ``eva02``).
 
-    The defaults are the paper's ResNet18 (CNN-Acc) settings; :data:`PRESETS` holds the Swin and EVA02
-    ones and :func:`classifier_config` overlays a config slice on the preset of its section.
+    The defaults are the paper's ResNet18 (CNN-Acc) settings; :data:`PRESETS` holds the recipe of each
+    config section (``cnn``: ResNet18, ``swin``: Swin, ``eva02``: EVA02 fine-tuning) and
+    :func:`classifier_config` overlays a config slice on the preset of its section.
 
     Attributes:
         arch: registry name: ``"resnet18"``, ``"swin"``, ``"eva02"`` (see :func:`available_classifiers`).
@@ -119,17 +121,29 @@ class ClassifierConfig:
     log_every: int = 0
 
 
-#: Paper settings per config section (Sec. 5.1).  ``swin`` trains 1000 epochs in the paper; the
-#: preset keeps that and the workflow's configs shorten it for the embedded example.
+#: The paper's EVA02 (87.12M params with the 1000-class head, MIM in22k, fine-tuned in22k -> in1k, 448 px):
+#: timm's ``eva02_base_patch14_448.mim_in22k_ft_in22k_in1k`` is the only EVA02 of that size.
+DEFAULT_EVA02_PRETRAINED = "eva02_base_patch14_448.mim_in22k_ft_in22k_in1k"
+#: Where the EVA02 preset expects its weights (relative to the working directory); see
+#: :func:`check_pretrained_file` for how to get the file.
+DEFAULT_EVA02_FILE = f"checkpoints/{DEFAULT_EVA02_PRETRAINED}.pth"
+
+#: Paper settings per config section (Sec. 5.2, "Implementation Details"); each section of a config is
+#: parsed on top of its own preset (:func:`classifier_config`) and the schema shows these as the
+#: sections' defaults.  ``swin`` trains 1000 epochs in the paper; the workflow's configs shorten it
+#: where the paper has no Swin result (ImageNet, MNIST).  ``eva02`` fine-tunes the ImageNet-pretrained
+#: timm EVA02 from ``pretrained_file``: SGD at lr 1e-5 for 3 epochs only adjusts an already trained
+#: model, it cannot train one from scratch (the digits config sets its own from-scratch recipe).
 PRESETS: dict[str, ClassifierConfig] = {
     "cnn": ClassifierConfig(),
     "swin": ClassifierConfig(
-        arch="swin", epochs=1000, batch_size=256, optimizer="adamw", lr=2e-3, weight_decay=5e-2,
+        arch="swin", epochs=1000, batch_size=256, optimizer="adamw", lr=2e-3, max_lr=2e-3, weight_decay=5e-2,
         schedule="cosine", warmup_epochs=10.0, crop_flip=True, standard_aug=False,
     ),
     "eva02": ClassifierConfig(
-        arch="eva02", epochs=3, batch_size=64, optimizer="sgd", lr=1e-5, momentum=0.9, weight_decay=0.0,
-        schedule="constant", grad_clip=1.0, crop_flip=False, standard_aug=False,
+        arch="eva02", epochs=3, batch_size=64, optimizer="sgd", lr=1e-5, max_lr=1e-5, momentum=0.9,
+        weight_decay=0.0, schedule="constant", grad_clip=1.0, crop_flip=False, standard_aug=False,
+        pretrained_file=DEFAULT_EVA02_FILE,
     ),
 }
 
@@ -148,6 +162,40 @@ def classifier_config(section: str, mapping: Mapping[str, Any] | None = None) ->
     if isinstance(mapping.get("aug"), Mapping):  # only the aug keys given override the preset's aug
         kwargs["aug"] = dataclasses.replace(base.aug, **{k: getattr(parsed.aug, k) for k in mapping["aug"]})
     return dataclasses.replace(base, **kwargs)
+
+
+def _missing_weights(key: str, path: str | Path, model_name: str | None) -> str:
+    """One line for a missing weights file: the key, the path and how to get the file without network."""
+    if model_name is None:
+        how = "put the state-dict file there"
+    else:  # the command saves exactly the state dict _load_pretrained reads (timm names, no wrapper)
+        how = (f"on a machine with internet run `python -c \"import timm, torch; m = timm.create_model('{model_name}', "
+               f"pretrained=True); torch.save(m.state_dict(), '{path}')\"` and copy the file there")
+    return (f"{key}: pretrained weights file '{path}' not found (nothing is downloaded at run time); {how}, "
+            f"or set {key}: null with a from-scratch recipe (docs/classifiers.md)")
+
+
+def check_pretrained_file(config: Mapping[str, Any]) -> None:
+    """Fail at workflow start-up when a classifier section the run uses names a missing weights file.
+
+    ``config`` is the workflow config (the sections ``cnn``, ``swin``, ``eva02`` and ``experiments``);
+    each section is resolved on its preset, and ``swin`` / ``eva02`` count only when their experiment
+    (Tables 5 / 6) is on.  Called from ``workflow/rules/common.smk`` so a Table 6 run without its EVA02
+    checkpoint stops before any job starts instead of hours later in the ``eva02`` jobs.
+
+    Raises:
+        ConfigError: one line naming ``<section>.pretrained_file``, the path and how to get the file.
+    """
+    experiments = config.get("experiments") or {}
+    for section in PRESETS:
+        if section != "cnn" and not experiments.get(section, True):
+            continue
+        cfg = classifier_config(section, config.get(section))
+        if cfg.pretrained_file is None or Path(cfg.pretrained_file).is_file():
+            continue
+        default_name = DEFAULT_EVA02_PRETRAINED if cfg.arch == "eva02" else None
+        model_name = (cfg.model_kwargs or {}).get("model_name", default_name)
+        raise ConfigError(_missing_weights(f"{section}.pretrained_file", cfg.pretrained_file, model_name))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -306,10 +354,6 @@ def _eva02_scratch_defaults(image_shape: tuple[int, int, int]) -> dict[str, Any]
                 ref_feat_shape=(grid, grid))
 
 
-#: The paper's EVA02 (87.12M params, MIM in22k, fine-tuned in22k -> in1k, 448 px).
-DEFAULT_EVA02_PRETRAINED = "eva02_base_patch14_448.mim_in22k_ft_in22k_in1k"
-
-
 @register_classifier("eva02")
 def _build_eva02(cfg: ClassifierConfig, image_shape: tuple[int, int, int], num_classes: int) -> Classifier:
     """EVA02 from a local pretrained file (timm architecture ``model_name``), else a small one from scratch.
@@ -344,7 +388,8 @@ def _build_eva02(cfg: ClassifierConfig, image_shape: tuple[int, int, int], num_c
     if cfg.pretrained_file is not None:
         from timm.models.eva import checkpoint_filter_fn
 
-        _load_pretrained(model, cfg.pretrained_file, key="eva02.pretrained_file", filter_fn=checkpoint_filter_fn)
+        _load_pretrained(model, cfg.pretrained_file, key="eva02.pretrained_file", filter_fn=checkpoint_filter_fn,
+                         model_name=model_name)
         out.pretrained, out.pretrained_file = True, cfg.pretrained_file
     return out
 
@@ -355,6 +400,7 @@ def _load_pretrained(
     *,
     key: str,
     filter_fn: Callable[[dict[str, Tensor], nn.Module], dict[str, Tensor]] | None = None,
+    model_name: str | None = None,
 ) -> None:
     """Load a local weights file into ``model``, adapting what timm adapts and refusing any other mismatch.
 
@@ -367,8 +413,7 @@ def _load_pretrained(
     """
     p = Path(path)
     if not p.is_file():
-        raise PretrainedLoadError(f"{key}: pretrained weights file '{p}' not found; put the file there "
-                                  f"(nothing is downloaded at run time) or set {key}: null to train from scratch")
+        raise PretrainedLoadError(_missing_weights(key, p, model_name))
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -507,6 +552,12 @@ def train_classifier(
     """Train ``cfg.arch`` on uint8 images ``[N, C, H, W]`` (flow samples for CNN-Acc; real + NF-augmented
     images for Tables 5-6) with the paper's optimiser settings in ``cfg``.
 
+    Under ``torchrun`` (``WORLD_SIZE`` > 1; :mod:`nfpi.distributed`) every rank calls this with the same
+    data: ``batch_size`` stays the global batch, each rank trains on its contiguous share of every
+    global batch (drawn, with its crops, by all ranks from the same generator), DDP averages the
+    gradients, and only rank 0 writes ``log_path``; the result matches one process up to float
+    summation order (per-sample ``standard_aug`` draws differ per rank).
+
     Args:
         cfg: the run's options (see :class:`ClassifierConfig`, :func:`classifier_config`).
         train_images: uint8 ``[N, C, H, W]``.
@@ -532,10 +583,26 @@ def train_classifier(
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ConfigError(f"config keys 'epochs' and 'batch_size' must be >= 1; got {cfg.epochs}, {cfg.batch_size}")
 
+    from nfpi import distributed as ddp
+
     gen = seed_everything(cfg.seed)
-    device = select_device(cfg.device)
+    # Under torchrun (resources.gpus > 1) every rank runs this function: one code path, the global
+    # batch split across ranks, gradients averaged by DDP; a plain run is world 1 and unchanged.
+    info = ddp.init_distributed(cfg.device)
+    device, world, rank = info.device, info.world_size, info.rank
+    if cfg.batch_size % world:
+        raise ConfigError(f"config key 'batch_size' ({cfg.batch_size}, the global batch) must be divisible by the "
+                          f"{world} processes (resources.gpus)")
     model = build_classifier(cfg, tuple(image_shape), num_classes).to(device)
     num_params = sum(p.numel() for p in model.parameters())
+    net: nn.Module = model
+    if world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # ResNet18: batch statistics over all ranks
+        ddp.broadcast_module(model)  # identical start on every rank (timm inits draw from the global RNG)
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        # Per-sample augmentations and mixup draw from the global RNGs: a different stream per rank.
+        torch.manual_seed(cfg.seed + 1000 * rank)
+        np.random.seed(cfg.seed + 1000 * rank)
     opt = _make_optimizer(cfg, model)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
@@ -546,10 +613,14 @@ def train_classifier(
 
     if cfg.standard_aug:
         aug_cfg = dataclasses.replace(cfg.aug, hflip=cfg.aug.hflip and cfg.hflip)
+        dataset = _SampleAugDataset(images, labels, build_sample_transform(aug_cfg, tuple(image_shape)))
+        sampler = (torch.utils.data.distributed.DistributedSampler(dataset, num_replicas=world, rank=rank,
+                                                                   shuffle=True, seed=cfg.seed)
+                   if world > 1 else None)
         loader: Any = torch.utils.data.DataLoader(
-            _SampleAugDataset(images, labels, build_sample_transform(aug_cfg, tuple(image_shape))),
-            batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers, generator=gen,
-            pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0,
+            dataset, batch_size=cfg.batch_size // world, shuffle=sampler is None, sampler=sampler,
+            num_workers=cfg.num_workers, generator=gen, pin_memory=device.type == "cuda",
+            persistent_workers=cfg.num_workers > 0,
         )
     else:
         images_dev = images.to(device)  # uint8 on the device: 1 byte/pixel, batches are gathered there
@@ -559,16 +630,18 @@ def train_classifier(
                                "arch": cfg.arch, "num_params": num_params,
                                "pretrained": bool(getattr(model, "pretrained", False)),
                                "pretrained_file": getattr(model, "pretrained_file", None), "steps": 0}
-    log.info("training %s (%.2fM params, pretrained=%s) on %d images for %d epochs (%d steps) on %s",
-             cfg.arch, num_params / 1e6, history["pretrained"], n, cfg.epochs, total, device)
+    log.info("training %s (%.2fM params, pretrained=%s) on %d images for %d epochs (%d steps) on %s x %d",
+             cfg.arch, num_params / 1e6, history["pretrained"], n, cfg.epochs, total, device, world)
     step = 0
     for epoch in range(cfg.epochs):
-        model.train()
+        net.train()
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
         if cfg.standard_aug:
+            if world > 1:
+                loader.sampler.set_epoch(epoch)
             batches: Any = ((x.to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in loader)
         else:
             perm = torch.randperm(n, generator=gen).to(device)
@@ -577,22 +650,36 @@ def train_classifier(
         for xb, yb in batches:
             if cfg.crop_flip and not cfg.standard_aug:
                 xb = random_crop_flip(xb, padding=padding, hflip=cfg.hflip, generator=gen)
+            # Every rank draws the permutation and crops of the whole global batch (the same stream, so
+            # the ranks stay in step and 2 processes see what 1 process sees) and keeps its contiguous
+            # share; the loss is weighted so DDP's mean over ranks is the global batch's mean.
+            scale = 1.0
+            if world > 1 and not cfg.standard_aug:
+                if xb.shape[0] < world:  # a last batch smaller than the ranks: skipped by all of them
+                    continue
+                bounds = [len(c) for c in torch.arange(xb.shape[0]).tensor_split(world)]
+                start = sum(bounds[:rank])
+                scale = bounds[rank] * world / xb.shape[0]
+                xb, yb = xb[start:start + bounds[rank]], yb[start:start + bounds[rank]]
             x = xb.float().div_(255.0)
             if mixer is not None and x.shape[0] % 2 == 0:
                 x, target = mixer(x, yb)
             else:
                 target = None
             with autocast(device, cfg.precision):
-                logits = model(x)
+                logits = net(x)
             if target is not None:
                 loss = _soft_cross_entropy(logits, target)
             else:
                 loss = nn.functional.cross_entropy(logits.float(), yb, label_smoothing=label_smoothing)
-            if not torch.isfinite(loss):
+            # All ranks take the same decision (one rank raising alone would leave the others waiting).
+            finite = bool(torch.isfinite(loss)) if world == 1 else \
+                not float(ddp.all_reduce_max((~torch.isfinite(loss)).float().reshape(1)))
+            if not finite:
                 raise FloatingPointError(f"classifier loss became {loss.item()} at step {step} (epoch {epoch}); "
                                          f"lower lr / max_lr or set grad_clip")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * scale if world > 1 else loss).backward()
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
@@ -604,6 +691,11 @@ def train_classifier(
             seen += xb.shape[0]
             if cfg.log_every and step % cfg.log_every == 0:
                 log.info("step %d/%d loss %.4f lr %.3g", step, total, loss.item(), opt.param_groups[0]["lr"])
+        if world > 1:  # the epoch's figures over all ranks' shares
+            totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64,
+                                                                           device=device)])
+            torch.distributed.all_reduce(totals)
+            loss_sum, correct, seen = totals[0], totals[1], int(totals[2])
         rec = {"epoch": epoch + 1, "loss": float(loss_sum) / seen, "train_acc": float(correct) / seen,
                "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
         for k, v in rec.items():
@@ -611,7 +703,7 @@ def train_classifier(
         history["steps"] = step
         log.info("epoch %d/%d loss %.4f train_acc %.4f (%.1fs)", epoch + 1, cfg.epochs, rec["loss"],
                  rec["train_acc"], rec["seconds"])
-        if log_path is not None:
+        if log_path is not None and info.is_main:
             append_jsonl(log_path, {"arch": cfg.arch, **rec})
     model.eval()
     return model, history

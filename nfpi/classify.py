@@ -7,7 +7,11 @@ Two uses (Section 5):
   optionally enlarged with NF-augmented images (``--extra-npz augment/nf_train.npz``), with or without
   the standard augmentations (the ``standard_aug`` key of the classifier slice).
 
-    python -m nfpi.classify --config '{"classifier": {...}}' --data-dir D --train-npz S --out cnn/<setting>.json
+    python -m nfpi.classify --section cnn --config '{"classifier": {...}}' --data-dir D --train-npz S \\
+        --out cnn/<setting>.json
+
+The ``classifier`` slice is parsed on the preset of its config section (``--section``: ``cnn`` ResNet18,
+``swin``, ``eva02``; ``nfpi.classifiers.PRESETS``), so keys a config leaves out keep that recipe.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 def main(argv: list[str] | None = None) -> None:
     p = stage_parser(__doc__ or "")
+    p.add_argument("--section", required=True, choices=("cnn", "swin", "eva02"),
+                   help="config section of the classifier slice: its preset fills the keys not given")
     p.add_argument("--data-dir", required=True)
     p.add_argument("--train-npz", default=None, help="train only on these images (generated samples)")
     p.add_argument("--real-train", action="store_true", help="train on the real training split")
@@ -42,10 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     start_stage(args, "classify")
 
-    from nfpi.classifiers import ClassifierConfig, evaluate_classifier, train_classifier
+    from nfpi.classifiers import ClassifierConfig, classifier_config, evaluate_classifier, train_classifier
     from nfpi.data import PreparedData
 
-    cfg: ClassifierConfig = parse_slices(args.config, classifier=ClassifierConfig)["classifier"]
+    cfg: ClassifierConfig = classifier_config(args.section, parse_slices(args.config).get("classifier"))
     data = PreparedData(args.data_dir)
     parts: list[tuple[np.ndarray, np.ndarray]] = []
     if args.train_npz:
@@ -62,6 +68,12 @@ def main(argv: list[str] | None = None) -> None:
     model, history = train_classifier(cfg, images, labels, image_shape=tuple(data.image_shape),
                                       num_classes=data.num_classes)
     wall = time.perf_counter() - t0
+    from nfpi import distributed as ddp
+
+    info = ddp.init_distributed(cfg.device)  # already initialised by train_classifier under torchrun
+    if not info.is_main:  # rank 0 evaluates and writes; the other ranks are done
+        ddp.cleanup()
+        return
     out = {"setting": args.name, "train_size": int(len(labels)), "train_seconds": wall, "history": history,
            "config": cfg, "parameters": sum(p.numel() for p in model.parameters()),
            "pretrained": bool(getattr(model, "pretrained", False))}
@@ -71,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
                  100 * out[split]["top5"])
     out["provenance"] = provenance(args.config_hash)
     atomic_write_json(args.out, out)
+    ddp.cleanup()
 
 
 if __name__ == "__main__":

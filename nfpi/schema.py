@@ -141,8 +141,12 @@ def _plain(v: Any) -> Any:
 
 
 def dataclass_schema(cls: type, range_key: str, *, only: tuple[str, ...] | None = None,
-                     doc: str | None = None) -> dict[str, Any]:
-    """Schema of one dataclass: typed properties with defaults and descriptions, no extra keys."""
+                     doc: str | None = None, defaults: Any = None) -> dict[str, Any]:
+    """Schema of one dataclass: typed properties with defaults and descriptions, no extra keys.
+
+    ``defaults``: an instance of ``cls`` whose values are the section's defaults (a preset, e.g. the
+    Swin recipe of the ``swin`` section) instead of the dataclass's own.
+    """
     hints = typing.get_type_hints(cls)
     comments = _field_comments(cls)
     props: dict[str, Any] = {}
@@ -150,7 +154,9 @@ def dataclass_schema(cls: type, range_key: str, *, only: tuple[str, ...] | None 
         if only is not None and f.name not in only:
             continue
         p = _json_type(hints[f.name])
-        if f.default is not dataclasses.MISSING:
+        if defaults is not None:  # validation fills these in: they must be the section's preset
+            p["default"] = _plain(getattr(defaults, f.name))
+        elif f.default is not dataclasses.MISSING:
             p["default"] = _plain(f.default)
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             p["default"] = _plain(f.default_factory())  # type: ignore[misc]
@@ -166,7 +172,7 @@ def dataclass_schema(cls: type, range_key: str, *, only: tuple[str, ...] | None 
 
 def build_schema() -> dict[str, Any]:
     """The whole config schema."""
-    from nfpi.classifiers import ClassifierConfig
+    from nfpi.classifiers import PRESETS, ClassifierConfig
     from nfpi.data import DataConfig
     from nfpi.evaluate import EvaluateConfig
     from nfpi.extract import ExtractConfig
@@ -216,10 +222,13 @@ def build_schema() -> dict[str, Any]:
                                      doc="flow fine-tuning on each setting's Gaussians, re-solved between rounds"),
         "evaluate": dataclass_schema(EvaluateConfig, "evaluate"),
         "sample": dataclass_schema(SampleConfig, "sample"),
-        "cnn": dataclass_schema(ClassifierConfig, "classifier", doc="ResNet18 trained on generated images (CNN-Acc)"),
+        "cnn": dataclass_schema(ClassifierConfig, "classifier", doc="ResNet18 trained on generated images (CNN-Acc)",
+                               defaults=PRESETS["cnn"]),
         "augment": dataclass_schema(AugmentConfig, "augment"),
-        "swin": dataclass_schema(ClassifierConfig, "classifier", doc="Swin for Table 5 (standard_aug set per run)"),
-        "eva02": dataclass_schema(ClassifierConfig, "classifier", doc="EVA02 for Table 6 (standard_aug set per run)"),
+        "swin": dataclass_schema(ClassifierConfig, "classifier", doc="Swin for Table 5 (standard_aug set per run)",
+                                defaults=PRESETS["swin"]),
+        "eva02": dataclass_schema(ClassifierConfig, "classifier", doc="EVA02 for Table 6 (standard_aug set per run)",
+                                 defaults=PRESETS["eva02"]),
         "figures": dataclass_schema(FiguresConfig, "figures"),
         "latent_ot": dataclass_schema(LatentOTConfig, "latent_ot"),
         "flowfactor": dataclass_schema(FlowFactorConfig, "flowfactor"),

@@ -238,3 +238,94 @@ def test_pretrained_file_errors_name_the_file_and_key(tmp_path: Path) -> None:
     _save_tiny_eva(wider, "pt", embed_dim=96)
     with pytest.raises(PretrainedLoadError, match="does not match"):
         build_classifier(dataclasses.replace(cfg, pretrained_file=str(wider)), (3, 32, 32), 10)
+
+
+def test_a_plain_state_dict_loads_with_pos_embed_resampled_and_weights_arriving(tmp_path: Path) -> None:
+    # The file `torch.save(timm.create_model(name).state_dict(), path)` writes (docs/classifiers.md), here
+    # for a 1-block timm EVA02 at 28 px (2x2 patches of 14), loaded into the same arch at 42 px (3x3):
+    # timm's checkpoint_filter_fn resamples the position embedding, the head is re-initialised for K=4.
+    torch.manual_seed(2)
+    import timm
+
+    src = timm.create_model("eva02_tiny_patch14_224", pretrained=False, depth=1, img_size=28, num_classes=10)
+    path = tmp_path / "eva02_tiny.pth"
+    torch.save(src.state_dict(), path)
+    cfg = ClassifierConfig(arch="eva02", model_kwargs={**TINY_EVA, "img_size": 42}, pretrained_file=str(path))
+    model = build_classifier(cfg, (3, 32, 32), 4)
+    assert model.pretrained is True and model.input_size == (42, 42)
+    torch.testing.assert_close(model.backbone.blocks[0].mlp.fc1.weight, src.blocks[0].mlp.fc1.weight)
+    torch.testing.assert_close(model.backbone.patch_embed.proj.weight, src.patch_embed.proj.weight)
+    assert src.pos_embed.shape == (1, 1 + 2 * 2, 192) and model.backbone.pos_embed.shape == (1, 1 + 3 * 3, 192)
+    torch.testing.assert_close(model.backbone.pos_embed[:, 0], src.pos_embed[:, 0])  # class token: not resampled
+    assert model.backbone.head.weight.shape == (4, 192)
+    assert torch.isfinite(model(torch.rand(2, 3, 32, 32))).all()
+
+
+def test_a_missing_file_says_how_to_get_it_in_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "eva02_tiny.pth"
+    cfg = ClassifierConfig(arch="eva02", model_kwargs=TINY_EVA, pretrained_file=str(missing))
+    with pytest.raises(PretrainedLoadError) as err:
+        build_classifier(cfg, (3, 32, 32), 10)
+    msg = str(err.value)
+    assert "\n" not in msg and "eva02.pretrained_file" in msg and str(missing) in msg
+    assert f"timm.create_model('eva02_tiny_patch14_224', pretrained=True)" in msg
+    assert f"torch.save(m.state_dict(), '{missing}')" in msg
+
+
+_DDP_SCRIPT = """
+import sys, torch
+from sklearn.datasets import load_digits
+import numpy as np
+import nfpi.classifiers as C
+from nfpi.classifiers import classifier_config, train_classifier
+from nfpi import distributed as ddp
+
+sizes = []  # the batch sizes this rank's model sees (instrumentation: the model is built inside training)
+build = C.build_classifier
+def counted(*a, **k):
+    m = build(*a, **k)
+    m.register_forward_pre_hook(lambda mod, args: sizes.append(args[0].shape[0]))
+    return m
+C.build_classifier = counted
+
+torch.set_num_threads(1)
+d = load_digits()
+x = np.clip(d.images[:90] * 16, 0, 255).astype(np.uint8)[:, None]
+y = d.target[:90].astype(np.int64)
+# 90 images in global batches of 20: the last one (10) is split 5 / 5; crops drawn for the global batch.
+cfg = classifier_config("swin", {"epochs": 2, "batch_size": 20, "lr": 1e-3, "max_lr": 1e-3, "warmup_epochs": 0.0,
+                                 "crop_flip": True, "hflip": False, "device": "cpu", "seed": 3})
+model, hist = train_classifier(cfg, x, y, image_shape=(1, 8, 8), num_classes=10, log_path=sys.argv[2])
+if ddp.init_distributed("cpu").is_main:
+    torch.save({"state": model.state_dict(), "loss": hist["loss"], "acc": hist["train_acc"], "steps": hist["steps"],
+                "sizes": sizes}, sys.argv[1])
+ddp.cleanup()
+"""
+
+
+def test_two_process_ddp_training_matches_one_process(tmp_path: Path) -> None:
+    # torchrun with 2 gloo processes, the global batch split between them, gives the 1-process model.
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp_swin.py"
+    script.write_text(_DDP_SCRIPT)
+    root = Path(__file__).resolve().parent.parent
+    runs = {}
+    for n in (1, 2):
+        out, log = tmp_path / f"swin{n}.pt", tmp_path / f"swin{n}.jsonl"
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
+        proc = subprocess.run(launch + [str(script), str(out), str(log)], capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[n] = torch.load(out, weights_only=True)
+        assert len(log.read_text().splitlines()) == 2  # one record per epoch: rank 0 alone writes
+    one, two = runs[1], runs[2]
+    assert one["steps"] == two["steps"] == 10
+    assert one["sizes"] == [20, 20, 20, 20, 10] * 2 and two["sizes"] == [10, 10, 10, 10, 5] * 2  # rank 0's share
+    for k, a in one["state"].items():
+        if a.is_floating_point():
+            torch.testing.assert_close(two["state"][k], a, rtol=1e-4, atol=1e-5, msg=k)
+    assert one["loss"] == pytest.approx(two["loss"], rel=1e-5)
+    assert one["acc"] == pytest.approx(two["acc"], abs=1e-9)

@@ -19,7 +19,7 @@ rule cnn:
     resources:
         **gpu_resources("infer"),
     shell:
-        "{PY} -m nfpi.classify --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
+        "{PY} -m nfpi.classify --section cnn --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
         " --name cnn_{wildcards.setting} --train-npz {input.npz} --data-dir $(dirname {input.meta})"
         " --out {output} > {log} 2>&1"
 
@@ -70,14 +70,17 @@ for _model in ("swin", "eva02"):
             chash=lambda wc, m=_model: lineage_hash(config, "nfpi", "augment", m),
             extra=lambda wc, input: f"--extra-npz {input.extra}" if wc.nfa == "nf" else "",
             model=_model,
+            launch=lambda wc, resources: launcher(resources.gpu),
         log:
             f"{R}/logs/{_model}_{{nfa}}_{{sa}}.log",
         benchmark:
             f"{R}/benchmarks/{_model}_{{nfa}}_{{sa}}.tsv",
         threads: config["threads"]["other"]
+        # resources.gpus > 1: torchrun with one process per GPU (DDP in nfpi.classifiers, as the flow rules).
         resources:
             **gpu_resources("train"),
         shell:
-            "{PY} -m nfpi.classify --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
+            "{params.launch} -m nfpi.classify --section {params.model} --config {params.cfg:q}"
+            " --config-hash {params.chash} --threads {threads}"
             " --name {params.model}_{wildcards.nfa}_{wildcards.sa} --real-train {params.extra}"
             " --data-dir $(dirname {input.meta}) --out {output} > {log} 2>&1"

@@ -17,6 +17,11 @@ from nfpi.flows import FlowConfig, resolve_preset
 # Fails before any job starts, naming the offending key (unknown keys are rejected by the schema).
 validate(config, "../schemas/config.schema.yaml")
 
+# A classifier section naming a missing weights file (Table 6's EVA02 checkpoint) fails here, before any job.
+from nfpi.classifiers import check_pretrained_file  # noqa: E402
+
+check_pretrained_file(config)
+
 RUN = config["run"]
 R = f"results/{RUN}"
 SETTINGS = settings_from_config(config)

@@ -2,6 +2,9 @@
 
 
 rule prepare:
+    # A download needs internet, which cluster compute nodes often lack: then prepare runs on the
+    # submit host (a local job under the SLURM executor; no effect on a local run).
+    localrule: bool(config["data"].get("download", False))
     output:
         meta=f"{R}/data/meta.json",
     params:
