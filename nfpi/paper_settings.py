@@ -91,16 +91,11 @@ def _flat(prefix: str, obj: Any) -> dict[str, Any]:
 
 
 def classifier_as_run(config: Mapping[str, Any], section: str) -> Any:
-    """The classifier options the classify stage trains with for ``section``, as it parses its slice.
+    """The classifier options the classify stage trains with for ``section``, as it parses its slice:
+    the section (schema defaults filled in, which are that section's preset) on ``PRESETS[section]``."""
+    from nfpi.classifiers import classifier_config
 
-    Today ``nfpi.classify`` parses the slice on ``ClassifierConfig``'s (ResNet18) defaults, and the
-    schema has already filled every missing key with them; the classifier fix makes each section start
-    from its own preset (then this returns :func:`intended_classifier`'s value).
-    """
-    from nfpi.classifiers import ClassifierConfig
-    from nfpi.config import from_mapping
-
-    return from_mapping(ClassifierConfig, json.loads(json.dumps(config[section])), where=section)
+    return classifier_config(section, json.loads(json.dumps(config[section])))
 
 
 def intended_classifier(name: str, section: str) -> Any:
