@@ -35,6 +35,7 @@ import dataclasses
 import logging
 import os
 import pickle
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,7 +280,7 @@ def _load_batch(path: Path) -> dict[str, Any]:
         else:
             with open(path, "rb") as fh:
                 d = pickle.load(fh, encoding="latin1")  # the official files were pickled by Python 2
-    except (OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: cannot read downsampled-ImageNet batch ({exc!r}); expected a pickled or .npz "
                         "dict with 'data' (uint8 [N, 3*H*W]) and 'labels' (1-based)") from None
     if not isinstance(d, dict) or "data" not in d or "labels" not in d:
@@ -516,7 +517,7 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
                      if "class_names" in z.files else None)  # bytes names (h5py, dtype S) decoded
     except DataError:
         raise
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # a truncated archive is a BadZipFile
         raise DataError(f"{path}: not a readable .npz ({exc}); expected {_NPZ_FORMAT}") from None
     if images.ndim == 3:
         images = images[..., None]
@@ -802,9 +803,9 @@ def prepare_dataset(cfg: DataConfig, out_dir: str | os.PathLike[str], *, size_mu
     if empty:
         raise DataError(f"data ({src.description}): the {empty[0]} split is empty; check data.root and the fractions")
     missing = np.flatnonzero(np.bincount(labels["train"], minlength=k) == 0)
-    if missing.size:
-        log.warning("%d classes have no training image (e.g. %s); their Gaussians rest on no data",
-                    missing.size, [src.class_names[i] for i in missing[:5]])
+    if missing.size:  # a class Gaussian fitted to no latents is undefined (the solve stage would fail on it)
+        raise DataError(f"{src.parts['train'].origin}: {missing.size} of {k} classes have no training image (e.g. "
+                        f"{[src.class_names[i] for i in missing[:5]]}); every class needs training images")
 
     log.info("preparing %s -> %s: shape %s -> %s, counts %s", cfg.name, out, src.image_shape, conv.out_shape,
              {s: len(v) for s, v in labels.items()})
