@@ -803,9 +803,9 @@ def prepare_dataset(cfg: DataConfig, out_dir: str | os.PathLike[str], *, size_mu
     if empty:
         raise DataError(f"data ({src.description}): the {empty[0]} split is empty; check data.root and the fractions")
     missing = np.flatnonzero(np.bincount(labels["train"], minlength=k) == 0)
-    if missing.size:  # a class Gaussian fitted to no latents is undefined (the solve stage would fail on it)
-        raise DataError(f"{src.parts['train'].origin}: {missing.size} of {k} classes have no training image (e.g. "
-                        f"{[src.class_names[i] for i in missing[:5]]}); every class needs training images")
+    if missing.size:
+        log.warning("%d classes have no training image (e.g. %s); their Gaussians rest on no data",
+                    missing.size, [src.class_names[i] for i in missing[:5]])
 
     log.info("preparing %s -> %s: shape %s -> %s, counts %s", cfg.name, out, src.image_shape, conv.out_shape,
              {s: len(v) for s, v in labels.items()})

@@ -375,9 +375,10 @@ def _rule_classifiers(v: _View) -> None:
                              "as .safetensors (docs/classifiers.md), or set it to null in your --configfile to train from scratch")
 
 
-#: The cross-key rules, in the order they run (each docstring is the rule; docs/config.md lists them).
-RULES: tuple[Rule, ...] = (_rule_rounds, _rule_warmup, _rule_gpu_batches, _rule_flow_layout, _rule_data_files,
-                           _rule_fpi_bounds, _rule_experiments, _rule_classifiers)
+#: The cross-key rules, in the order they run (each docstring is the rule; docs/config.md lists them). The
+#: last two import torch (the flow and classifier registries); the others fail a bad config without it.
+RULES: tuple[Rule, ...] = (_rule_rounds, _rule_warmup, _rule_gpu_batches, _rule_data_files, _rule_fpi_bounds,
+                           _rule_experiments, _rule_flow_layout, _rule_classifiers)
 
 
 # ---------------------------------------------------------------------------------------------------
