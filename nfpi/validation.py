@@ -25,6 +25,7 @@ import difflib
 import functools
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -172,8 +173,6 @@ def _check_node(value: Any, s: Mapping[str, Any], key: str) -> None:
         if problem:
             raise _error(key, value, f"{problem}{_why(s)}")
     if isinstance(value, str) and "pattern" in s:
-        import re
-
         if not re.search(s["pattern"], value):
             raise _error(key, value, f"must match {s['pattern']}{_why(s)}")
     if isinstance(value, (list, tuple)):
@@ -247,8 +246,9 @@ def _rule_rounds(v: _View) -> None:
     """finetune.rounds is at most finetune.steps (each round trains at least one step)."""
     rounds, steps = v["finetune.rounds"], v["finetune.steps"]
     if rounds > max(steps, 1):
-        raise _error("finetune.rounds", rounds, f"must be <= finetune.steps = {steps} (every round trains at least "
-                                                "one step between two Gaussian solves)", "lower it or raise finetune.steps in your --configfile")
+        raise _error("finetune.rounds", rounds,
+                     f"must be <= finetune.steps = {steps} (every round trains at least one step between two "
+                     "Gaussian solves)", "lower it or raise finetune.steps in your --configfile")
 
 
 def _rule_warmup(v: _View) -> None:
@@ -362,7 +362,8 @@ def _rule_classifiers(v: _View) -> None:
     for sec in _classifier_sections(v):
         cfg = classifier_config(sec, v.section(sec))
         if cfg.arch not in available_classifiers():
-            raise _error(f"{sec}.arch", cfg.arch, f"unknown classifier; {_did_you_mean(cfg.arch, available_classifiers())}")
+            raise _error(f"{sec}.arch", cfg.arch,
+                         f"unknown classifier; {_did_you_mean(cfg.arch, available_classifiers())}")
         if cfg.schedule == "onecycle" and cfg.max_lr < cfg.lr:
             raise _error(f"{sec}.max_lr", cfg.max_lr, f"must be >= {sec}.lr = {cfg.lr:g} (the one-cycle schedule "
                                                       "rises from lr to max_lr)")
@@ -372,7 +373,8 @@ def _rule_classifiers(v: _View) -> None:
                 raise _error(f"{sec}.pretrained_file", cfg.pretrained_file,
                              f"file {f} not found",
                              "download the timm checkpoint and save it with torch.save(model.state_dict(), path) or "
-                             "as .safetensors (docs/classifiers.md), or set it to null in your --configfile to train from scratch")
+                             "as .safetensors (docs/classifiers.md), or set it to null in your --configfile to train "
+                             "from scratch")
 
 
 #: The cross-key rules, in the order they run (each docstring is the rule; docs/config.md lists them). The

@@ -131,7 +131,8 @@ CASES: list[tuple[str, dict, list[str]]] = [
     ("section not a mapping", {"sample": 3}, ["'sample'", "= 3", "mapping"]),
     # pass 2: cross-key rules
     ("rounds > steps", {"finetune": {"rounds": 700}}, ["'finetune.rounds'", "700", "finetune.steps = 600"]),
-    ("warmup > steps", {"pretrain": {"warmup_steps": 5000}}, ["'pretrain.warmup_steps'", "5000", "pretrain.steps = 800"]),
+    ("warmup > steps", {"pretrain": {"warmup_steps": 5000}},
+     ["'pretrain.warmup_steps'", "5000", "pretrain.steps = 800"]),
     ("batch vs gpus", {"resources": {"gpus": 3}}, ["'pretrain.batch_size'", "64", "resources.gpus = 3"]),
     ("res_blocks length", {"flow": {"res_blocks": [1, 2, 3]}}, ["'flow.res_blocks'", "[1, 2, 3]", "2 levels"]),
     ("steps_per_level vs levels", {"flow": {"levels": 3, "steps_per_level": [2, 2]}},
@@ -322,32 +323,36 @@ def _bad_npz_corrupt(root: Path) -> tuple[dict, str]:
     return {"name": "npz", "root": str(root)}, str(root / "train.npz")
 
 
+def _npz_files(root: Path, named: str, **splits: dict[str, np.ndarray]) -> tuple[dict, str]:
+    """``{split}.npz`` files with the given arrays; the data slice and the file the error must name."""
+    for split, arrays in splits.items():
+        np.savez(root / f"{split}.npz", **arrays)
+    return {"name": "npz", "root": str(root)}, str(root / f"{named}.npz")
+
+
+_GREY8 = {"images": np.zeros((8, 4, 4), np.uint8), "labels": np.arange(8) % 2}  # a good train.npz
+
+
 def _bad_npz_label_count(root: Path) -> tuple[dict, str]:
-    np.savez(root / "train.npz", images=np.zeros((6, 4, 4), np.uint8), labels=np.arange(5) % 2)
-    return {"name": "npz", "root": str(root)}, str(root / "train.npz")
+    return _npz_files(root, "train", train={"images": np.zeros((6, 4, 4), np.uint8), "labels": np.arange(5) % 2})
 
 
 def _bad_npz_unknown_test_label(root: Path) -> tuple[dict, str]:
-    np.savez(root / "train.npz", images=np.zeros((8, 4, 4), np.uint8), labels=np.arange(8) % 2)
-    np.savez(root / "test.npz", images=np.zeros((2, 4, 4), np.uint8), labels=np.array([0, 7]))
-    return {"name": "npz", "root": str(root)}, str(root / "test.npz")
+    return _npz_files(root, "test", train=_GREY8, test={"images": np.zeros((2, 4, 4), np.uint8),
+                                                        "labels": np.array([0, 7])})
 
 
 def _bad_npz_class_names(root: Path) -> tuple[dict, str]:
-    np.savez(root / "train.npz", images=np.zeros((8, 4, 4), np.uint8), labels=np.arange(8) % 4,
-             class_names=np.array(["a", "b"]))
-    return {"name": "npz", "root": str(root)}, str(root / "train.npz")
+    return _npz_files(root, "train", train={**_GREY8, "labels": np.arange(8) % 4, "class_names": np.array(["a", "b"])})
 
 
 def _bad_npz_sizes(root: Path) -> tuple[dict, str]:
-    np.savez(root / "train.npz", images=np.zeros((8, 4, 4), np.uint8), labels=np.arange(8) % 2)
-    np.savez(root / "test.npz", images=np.zeros((2, 6, 6), np.uint8), labels=np.array([0, 1]))
-    return {"name": "npz", "root": str(root)}, str(root / "test.npz")
+    return _npz_files(root, "test", train=_GREY8, test={"images": np.zeros((2, 6, 6), np.uint8),
+                                                        "labels": np.array([0, 1])})
 
 
 def _bad_npz_float_pixels(root: Path) -> tuple[dict, str]:
-    np.savez(root / "train.npz", images=np.full((8, 4, 4), 0.5, np.float32), labels=np.arange(8) % 2)
-    return {"name": "npz", "root": str(root)}, str(root / "train.npz")
+    return _npz_files(root, "train", train={**_GREY8, "images": np.full((8, 4, 4), 0.5, np.float32)})
 
 
 def _bad_folder_empty_class(root: Path) -> tuple[dict, str]:
@@ -363,24 +368,36 @@ def _bad_folder_no_images(root: Path) -> tuple[dict, str]:
     return {"name": "imagefolder", "root": str(root)}, str(root / "train")
 
 
-def _bad_folder_sizes(root: Path) -> tuple[dict, str]:
-    for i in range(4):
-        _png(root / "train" / "cat" / f"{i}.png", (4, 4) if i != 2 else (5, 4), i)
-        _png(root / "train" / "dog" / f"{i}.png", (4, 4), 10 + i)
-    return {"name": "imagefolder", "root": str(root), "test_fraction": 0.25}, str(root / "train" / "cat" / "2.png")
-
-
-def _bad_folder_corrupt_image(root: Path) -> tuple[dict, str]:
+def _two_class_folder(root: Path) -> dict:
+    """train/cat and train/dog, four 4x4 PNGs each; the data slice that reads them."""
     for i in range(4):
         _png(root / "train" / "cat" / f"{i}.png", (4, 4), i)
         _png(root / "train" / "dog" / f"{i}.png", (4, 4), 10 + i)
+    return {"name": "imagefolder", "root": str(root), "test_fraction": 0.25}
+
+
+def _bad_folder_sizes(root: Path) -> tuple[dict, str]:
+    data = _two_class_folder(root)
+    _png(root / "train" / "cat" / "2.png", (5, 4), 2)
+    return data, str(root / "train" / "cat" / "2.png")
+
+
+def _bad_folder_corrupt_image(root: Path) -> tuple[dict, str]:
+    data = _two_class_folder(root)
     (root / "train" / "dog" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    return {"name": "imagefolder", "root": str(root), "test_fraction": 0.25}, str(root / "train" / "dog" / "1.png")
+    return data, str(root / "train" / "dog" / "1.png")
 
 
 DATA_CASES = [_bad_npz_corrupt, _bad_npz_label_count, _bad_npz_unknown_test_label, _bad_npz_class_names,
               _bad_npz_sizes, _bad_npz_float_pixels, _bad_folder_empty_class, _bad_folder_no_images,
               _bad_folder_sizes, _bad_folder_corrupt_image]
+
+
+def _source(tmp_path: Path, make: Any) -> tuple[dict, str]:
+    """Run a ``_bad_*`` maker in ``tmp_path/src``: (the data slice, the file its error must name)."""
+    root = tmp_path / "src"
+    root.mkdir()
+    return make(root)
 
 
 def _assert_nothing_half_written(out: Path) -> None:
@@ -390,9 +407,7 @@ def _assert_nothing_half_written(out: Path) -> None:
 
 @pytest.mark.parametrize("make", DATA_CASES, ids=[f.__name__[5:] for f in DATA_CASES])
 def test_bad_data_is_one_line_naming_the_file(tmp_path: Path, make: Any) -> None:
-    root = tmp_path / "src"
-    root.mkdir()
-    data, named = make(root)
+    data, named = _source(tmp_path, make)
     out = tmp_path / "out"
     with pytest.raises(DataError) as exc:
         prepare_dataset(DataConfig(**data), out, size_multiple=4)
@@ -404,9 +419,7 @@ def test_bad_data_is_one_line_naming_the_file(tmp_path: Path, make: Any) -> None
 @pytest.mark.slow
 def test_prepare_stage_prints_one_line_and_exits_1(tmp_path: Path) -> None:
     """The stage as the rule runs it: exit status 1, the message as the last (only error) line, no traceback."""
-    root = tmp_path / "src"
-    root.mkdir()
-    data, named = _bad_folder_sizes(root)
+    data, named = _source(tmp_path, _bad_folder_sizes)
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "nfpi.prepare", "--config", json.dumps({"data": data}),
@@ -421,9 +434,7 @@ def test_prepare_stage_prints_one_line_and_exits_1(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_prepare_rule_shows_the_data_error(tmp_path: Path) -> None:
     """A corrupt .npz through the real workflow: the prepare job fails and Snakemake's output ends with the line."""
-    root = tmp_path / "src"
-    root.mkdir()
-    data, named = _bad_npz_corrupt(root)
+    data, named = _source(tmp_path, _bad_npz_corrupt)
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(yaml.safe_dump({"run": "badnpz", "data": data}))
     proc = _snakemake(["results/badnpz/data/meta.json", "--cores", "1", "--configfile", str(cfg)], tmp_path)
