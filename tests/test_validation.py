@@ -96,7 +96,9 @@ def test_shipped_configs_pass(override: str | None, tmp_path: Path) -> None:
         cfg = _merge(cfg, yaml.safe_load((ROOT / override).read_text()))
     if cfg["data"].get("root") and not cfg["data"].get("download"):
         cfg["data"]["root"] = str(tmp_path)  # the paper's data folders are not on this machine
+    before = copy.deepcopy(cfg)
     check_config(cfg)
+    assert cfg == before  # checked, not modified (Snakemake's validate fills in the defaults afterwards)
 
 
 # ---------------------------------------------------------------------------------------------------
