@@ -355,8 +355,8 @@ def _classifier_sections(v: _View) -> list[str]:
 
 
 def _rule_classifiers(v: _View) -> None:
-    """Each classifier run (cnn; swin, eva02 when on) has a known arch, max_lr >= lr under onecycle, and its
-    pretrained_file exists when set."""
+    """Each classifier run (cnn; swin, eva02 when on) has a known arch, max_lr >= lr under onecycle, a
+    model_kwargs.model_name that timm knows, and its pretrained_file exists when set."""
     from nfpi.classifiers import available_classifiers, classifier_config
 
     for sec in _classifier_sections(v):
@@ -367,6 +367,14 @@ def _rule_classifiers(v: _View) -> None:
         if cfg.schedule == "onecycle" and cfg.max_lr < cfg.lr:
             raise _error(f"{sec}.max_lr", cfg.max_lr, f"must be >= {sec}.lr = {cfg.lr:g} (the one-cycle schedule "
                                                       "rises from lr to max_lr)")
+        model_name = (cfg.model_kwargs or {}).get("model_name")
+        if model_name is not None:
+            import timm  # only here: a second of imports that most configs do not need
+
+            if not timm.is_model(model_name):
+                raise _error(f"{sec}.model_kwargs.model_name", model_name, "not a timm architecture; "
+                             + _did_you_mean(str(model_name).split(".")[0], timm.list_models(f"{sec}*") or
+                                             timm.list_models()))
         if cfg.pretrained_file is not None:
             f = Path(cfg.pretrained_file).expanduser()
             if not f.is_file():

@@ -153,6 +153,8 @@ CASES: list[tuple[str, dict, list[str]]] = [
     ("classifier arch", {"swin": {"arch": "swim"}}, ["'swin.arch'", "'swim'", "did you mean 'swin'?"]),
     ("onecycle max_lr < lr", {"cnn": {"schedule": "onecycle", "lr": 0.1, "max_lr": 0.01}},
      ["'cnn.max_lr'", "0.01", "cnn.lr = 0.1"]),
+    ("timm model name", {"eva02": {"model_kwargs": {"model_name": "eva02_base_patch14_449"}}},
+     ["'eva02.model_kwargs.model_name'", "'eva02_base_patch14_449'", "did you mean 'eva02_base_patch14_448'?"]),
     ("eva02 file", {"eva02": {"pretrained_file": "nowhere/eva02.safetensors"}},
      ["'eva02.pretrained_file'", "nowhere/eva02.safetensors", "torch.save(model.state_dict()", "safetensors"]),
 ]
