@@ -169,10 +169,10 @@ def _missing_weights(key: str, path: str | Path, model_name: str | None) -> str:
     if model_name is None:
         how = "put the state-dict file there"
     else:  # the command saves exactly the state dict _load_pretrained reads (timm names, no wrapper)
-        how = (f"on a machine with internet run `python -c \"import timm, torch; m = timm.create_model('{model_name}', "
-               f"pretrained=True); torch.save(m.state_dict(), '{path}')\"` and copy the file there")
-    return (f"{key}: pretrained weights file '{path}' not found (nothing is downloaded at run time); {how}, "
-            f"or set {key}: null with a from-scratch recipe (docs/classifiers.md)")
+        how = (f"on a machine with internet run python -c \"import timm, torch; torch.save(timm.create_model("
+               f"'{model_name}', pretrained=True).state_dict(), '{path}')\" and copy the file here")
+    return (f"config key '{key}' = '{path}': weights file not found (nothing is downloaded at run time); {how} "
+            f"(.safetensors works too), or set it to null in your --configfile (docs/classifiers.md)")
 
 
 def check_pretrained_file(config: Mapping[str, Any]) -> None:

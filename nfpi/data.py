@@ -35,6 +35,7 @@ import dataclasses
 import logging
 import os
 import pickle
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,7 +280,7 @@ def _load_batch(path: Path) -> dict[str, Any]:
         else:
             with open(path, "rb") as fh:
                 d = pickle.load(fh, encoding="latin1")  # the official files were pickled by Python 2
-    except (OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: cannot read downsampled-ImageNet batch ({exc!r}); expected a pickled or .npz "
                         "dict with 'data' (uint8 [N, 3*H*W]) and 'labels' (1-based)") from None
     if not isinstance(d, dict) or "data" not in d or "labels" not in d:
@@ -516,7 +517,7 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
                      if "class_names" in z.files else None)  # bytes names (h5py, dtype S) decoded
     except DataError:
         raise
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # a truncated archive is a BadZipFile
         raise DataError(f"{path}: not a readable .npz ({exc}); expected {_NPZ_FORMAT}") from None
     if images.ndim == 3:
         images = images[..., None]

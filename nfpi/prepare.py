@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 from nfpi.cli import parse_slices, stage_parser, start_stage
-from nfpi.data import DataConfig, prepare_dataset
+from nfpi.config import ConfigError
+from nfpi.data import DataConfig, DataError, prepare_dataset
 
 log = logging.getLogger("nfpi.prepare")
 
@@ -26,4 +28,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (DataError, ConfigError) as exc:
+        # A data problem is the user's to fix: one line naming the file (the rule echoes it), no traceback.
+        # Nothing is half-written: arrays go through atomic_path and meta.json (completeness) is never written.
+        sys.exit("nfpi prepare error: " + " ".join(str(exc).split()))

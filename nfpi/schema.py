@@ -29,37 +29,196 @@ import yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 
-# Numeric ranges per "section.key" (JSON-schema keywords).
-RANGES: dict[str, dict[str, float]] = {
-    "fpi.lam": {"minimum": 0},
-    "fpi.alpha": {"exclusiveMinimum": 0},
-    "fpi.max_iter": {"minimum": 1},
-    "fpi.tol": {"exclusiveMinimum": 0},
-    "fpi.var_min": {"exclusiveMinimum": 0},
+# Allowed values per "range-key.field" (JSON-schema keywords), where range-key is the first argument
+# of ``dataclass_schema`` ("train" serves pretrain and finetune, "classifier" serves cnn, swin and eva02,
+# "classifier.aug" their nested augmentation options).  EVERY numeric key has an entry (tests/test_validation.py
+# checks it): a value outside it fails at `snakemake` start-up instead of inside a job.  Array keys get the
+# range of their items.  Rules that tie several keys together live in ``nfpi.validation``.
+_DEVICE = {"pattern": r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"}  # what nfpi.runtime.select_device accepts
+_SEED = {"minimum": 0}
+_POS = {"minimum": 1}  # counts of things that must exist
+_NONNEG = {"minimum": 0}
+_GT0 = {"exclusiveMinimum": 0}
+_PROB = {"minimum": 0, "maximum": 1}
+RANGES: dict[str, dict[str, Any]] = {
+    # data
     "data.val_fraction": {"minimum": 0, "exclusiveMaximum": 1},
     "data.test_fraction": {"exclusiveMinimum": 0, "exclusiveMaximum": 1},
-    "train.steps": {"minimum": 0},
-    "train.batch_size": {"minimum": 1},
-    "train.lr": {"exclusiveMinimum": 0},
-    "train.warmup_steps": {"minimum": 0},
-    "train.ema_decay": {"minimum": 0, "maximum": 1},
-    "train.crop_pad": {"minimum": 0},
+    "data.split_seed": _SEED,
+    "data.image_size": _POS,
+    "data.channels": {"enum": [1, 3, None]},
+    "data.max_train_per_class": _POS,
+    "data.max_test_per_class": _POS,
+    # flow (the preset / arch names are checked against their registries by nfpi.validation)
+    "flow.levels": _POS,
+    "flow.steps": _POS,
+    "flow.hidden": _POS,
+    "flow.res_blocks": {**_NONNEG, "minItems": 1},
+    "flow.steps_per_level": {**_POS, "minItems": 1},
+    "flow.coupling_max_full": _NONNEG,
+    "flow.coupling_rank": _POS,
+    "flow.coupling_bound": {"exclusiveMinimum": 1},
+    "flow.coupling_expm": {"enum": ["series", "matrix_exp"]},
+    # flow training (pretrain, finetune)
+    "train.steps": _NONNEG,
+    "train.batch_size": _POS,
+    "train.lr": _GT0,
+    "train.warmup_steps": _NONNEG,
+    "train.weight_decay": _NONNEG,
+    "train.ema_decay": {"minimum": 0, "exclusiveMaximum": 1},
+    "train.grad_clip": _GT0,
+    "train.n_bits": {"minimum": 1, "maximum": 8},
+    "train.init_size": _POS,
+    "train.checkpoint_every": _POS,
+    "train.log_every": _POS,
+    "train.max_nonfinite": _POS,
+    "train.max_rollbacks": _NONNEG,
+    "train.seed": _SEED,
+    "train.device": _DEVICE,
+    "train.crop_pad": _NONNEG,
     "train.rotate_deg": {"minimum": 0, "maximum": 180},
-    "train.brightness": {"minimum": 0},
-    "train.contrast": {"minimum": 0},
-    "train.saturation": {"minimum": 0},
-    "classifier.epochs": {"minimum": 0},
-    "classifier.batch_size": {"minimum": 1},
-    "sample.per_class": {"minimum": 1},
-    "sample.temperature": {"exclusiveMinimum": 0},
-    "augment.beta_max": {"minimum": 0},
-    "augment.num_axes": {"minimum": 1},
-    "augment.copies": {"minimum": 1},
+    "train.brightness": _NONNEG,
+    "train.contrast": _NONNEG,
+    "train.saturation": _NONNEG,
+    "train.rounds": _POS,
+    # extract
+    "extract.batch_size": _POS,
+    "extract.row_group_size": _POS,
+    "extract.seed": _SEED,
+    "extract.device": _DEVICE,
+    # the FPI solver
+    "fpi.lam": _NONNEG,
+    "fpi.alpha": _GT0,
+    "fpi.max_iter": _POS,
+    "fpi.tol": _GT0,
+    "fpi.step_init": {"exclusiveMinimum": 0, "maximum": 1},
+    "fpi.step_min": {"exclusiveMinimum": 0, "maximum": 1},
+    "fpi.step_shrink": {"exclusiveMinimum": 0, "exclusiveMaximum": 1},
+    "fpi.step_grow": {"minimum": 1},
+    "fpi.max_backtracks": _NONNEG,
+    "fpi.divergence_factor": {"exclusiveMinimum": 1},
+    "fpi.bound_patience": _POS,
+    "fpi.var_min": _GT0,
+    "fpi.var_max": _GT0,
+    "fpi.pi_floor": _GT0,
+    "fpi.path.lam_min": _GT0,
+    "fpi.path.lam_max": _GT0,
+    "fpi.path.points": {"minimum": 2},
+    "fpi.path.tie_tol": _NONNEG,
+    "fpi.path.same_point_tol": _GT0,
+    # Baseline 2 (gradient descent)
+    "gd.steps": _POS,
+    "gd.lr": _GT0,
+    "gd.gd_vmin": _GT0,
+    "gd.gd_vmax": _GT0,
+    # evaluate, sample
+    "evaluate.batch_size": _POS,
+    "evaluate.splits": {"enum": ["train", "val", "test"], "minItems": 1, "uniqueItems": True},
+    "evaluate.device": _DEVICE,
+    "sample.per_class": _POS,
+    "sample.temperature": _GT0,
+    "sample.seed": _SEED,
+    "sample.batch_size": _POS,
+    "sample.grid_per_class": _POS,
+    "sample.device": _DEVICE,
+    # classifiers (cnn, swin, eva02)
+    "classifier.epochs": _POS,
+    "classifier.batch_size": _POS,
+    "classifier.lr": _GT0,
+    "classifier.momentum": {"minimum": 0, "exclusiveMaximum": 1},
+    "classifier.weight_decay": _NONNEG,
+    "classifier.max_lr": _GT0,
+    "classifier.warmup_epochs": _NONNEG,
+    "classifier.grad_clip": _GT0,
+    "classifier.label_smoothing": {"minimum": 0, "exclusiveMaximum": 1},
+    "classifier.num_workers": _NONNEG,
+    "classifier.seed": _SEED,
+    "classifier.device": _DEVICE,
+    "classifier.log_every": _NONNEG,
+    "classifier.aug.padding": _NONNEG,
+    "classifier.aug.random_erasing": _PROB,
+    "classifier.aug.mixup_alpha": _NONNEG,
+    "classifier.aug.cutmix_alpha": _NONNEG,
+    "classifier.aug.label_smoothing": {"minimum": 0, "exclusiveMaximum": 1},
+    # NF augmentation
+    "augment.beta_max": _NONNEG,
+    "augment.num_axes": _POS,
+    "augment.copies": _POS,
+    "augment.seed": _SEED,
+    "augment.batch_size": _POS,
+    "augment.figure_rows": _POS,
+    "augment.figure_variants": _POS,
+    "augment.device": _DEVICE,
+    # figures
+    "figures.tsne_per_class": {"minimum": 2},
+    "figures.perplexity": _GT0,
+    "figures.seed": _SEED,
+    # latent OT (the bounds of LatentOTConfig.__post_init__)
+    "latent_ot.hidden": _POS,
+    "latent_ot.depth": _POS,
+    "latent_ot.steps": _NONNEG,
+    "latent_ot.batch_size": {"minimum": 2},
+    "latent_ot.lr": _GT0,
+    "latent_ot.value_weight": _NONNEG,
+    "latent_ot.grad_weight": _NONNEG,
+    "latent_ot.map_scale": _NONNEG,
+    "latent_ot.semi_discrete_samples": _NONNEG,
+    "latent_ot.min_class_size": {"minimum": 2},
+    "latent_ot.samples_per_class": _POS,
+    "latent_ot.temperature": _NONNEG,
+    "latent_ot.mode_clusters": _POS,
+    "latent_ot.mode_min_share": _PROB,
+    "latent_ot.eval_points": {"minimum": 2},
+    "latent_ot.grid_per_class": _POS,
+    "latent_ot.seed": _SEED,
+    "latent_ot.device": _DEVICE,
+    # flow-factorized transformations (the bounds of FlowFactorConfig.__post_init__)
+    "flowfactor.latent_scale": _GT0,
+    "flowfactor.transformations": {"enum": ["rotate", "scale", "intensity"], "minItems": 1, "uniqueItems": True},
+    "flowfactor.rotate_deg": {"minimum": -180, "maximum": 180},
+    "flowfactor.scale_step": _GT0,
+    "flowfactor.intensity_step": _GT0,
+    **{f"flowfactor.{k}": _POS for k in (
+        "steps", "substeps", "hidden", "depth", "quadratic_max_dim", "train_sequences", "batch_size", "iterations",
+        "hj_points", "exact_max_dim", "hutchinson_probes", "hutchinson_order", "eval_images", "extrapolate_factor",
+        "augment_per_image", "classifier_train_size", "pca_axes", "adapt_batch_size", "adapt_copies")},
+    "flowfactor.lr": _GT0,
+    **{f"flowfactor.{k}": _NONNEG for k in ("hj_weight", "init_weight", "density_weight", "weak_balance",
+                                             "pca_beta_max", "adapt_steps")},
+    "flowfactor.weak_temperature": _GT0,
+    "flowfactor.adapt_lr": _GT0,
+    "flowfactor.adapt_range": _GT0,
+    "flowfactor.seed": _SEED,
 }
 
+# Keywords that constrain an array itself rather than its items.
+_ARRAY_KEYWORDS = ("minItems", "maxItems", "uniqueItems")
 
-def _json_type(tp: Any) -> dict[str, Any]:
-    """JSON schema of a Python type hint."""
+
+def _apply_range(p: dict[str, Any], rng: dict[str, Any]) -> None:
+    """Put ``rng`` where it applies: on the value, on an array's items, in each branch of an ``anyOf``."""
+    if not rng:
+        return
+    if "anyOf" in p:
+        for branch in p["anyOf"]:
+            if branch.get("type") != "null":
+                _apply_range(branch, rng)
+        return
+    if p.get("type") == "array":
+        p.update({k: v for k, v in rng.items() if k in _ARRAY_KEYWORDS})
+        items = p.setdefault("items", {})
+        item_rng = {k: v for k, v in rng.items() if k not in _ARRAY_KEYWORDS}
+        if "enum" in item_rng:
+            items.pop("type", None)
+        items.update(item_rng)
+        return
+    if "enum" in rng:
+        p.pop("type", None)
+    p.update(rng)
+
+
+def _json_type(tp: Any, range_key: str = "") -> dict[str, Any]:
+    """JSON schema of a Python type hint (``range_key``: where a nested dataclass's ranges live)."""
     origin = typing.get_origin(tp)
     if tp is bool:
         return {"type": "boolean"}
@@ -89,7 +248,7 @@ def _json_type(tp: Any) -> dict[str, Any]:
     if origin is dict or tp is dict:
         return {"type": "object"}
     if dataclasses.is_dataclass(tp):
-        return dataclass_schema(tp, "")
+        return dataclass_schema(tp, range_key)
     return {}
 
 
@@ -113,7 +272,7 @@ def _own_field_comments(cls: type) -> dict[str, str]:
     lines = src.splitlines()
     q = '"' * 3
     for i, line in enumerate(lines):
-        m = re.match(r"\s+(\w+)\s*:\s*[^=#]+(?:=[^#]*)?#\s*(.+)$", line)
+        m = re.match(r"\s+(\w+)\s*:\s*[^=#]+(?:=[^#]*)?#:?\s*(.+)$", line)
         if m:
             out[m.group(1)] = m.group(2).strip()
             continue
@@ -153,7 +312,7 @@ def dataclass_schema(cls: type, range_key: str, *, only: tuple[str, ...] | None 
     for f in dataclasses.fields(cls):
         if only is not None and f.name not in only:
             continue
-        p = _json_type(hints[f.name])
+        p = _json_type(hints[f.name], f"{range_key}.{f.name}")
         if defaults is not None:  # validation fills these in: they must be the section's preset
             p["default"] = _plain(getattr(defaults, f.name))
         elif f.default is not dataclasses.MISSING:
@@ -163,7 +322,7 @@ def dataclass_schema(cls: type, range_key: str, *, only: tuple[str, ...] | None 
         desc = comments.get(f.name)
         if desc:
             p["description"] = desc
-        p.update(RANGES.get(f"{range_key}.{f.name}", {}))
+        _apply_range(p, RANGES.get(f"{range_key}.{f.name}", {}))
         props[f.name] = p
     description = doc if doc is not None else (inspect.getdoc(cls) or "").split("\n")[0]
     return {"type": "object", "description": description, "additionalProperties": False, "properties": props,
@@ -237,15 +396,17 @@ def build_schema() -> dict[str, Any]:
             "description": "which of the paper's experiments the run performs",
             "properties": {
                 "table1": {"type": "boolean", "default": True, "description": "Table 1: Baseline 1, GD, NFPI"},
-                "gd_policies": {"type": "array", "items": {"enum": policies}, "default": policies,
+                "gd_policies": {"type": "array", "items": {"enum": policies}, "uniqueItems": True, "default": policies,
                                 "description": "Baseline 2 learning-rate policies (docs/method.md)"},
-                "lambdas": {"type": "array", "items": {"type": "number", "minimum": 0}, "default": [],
-                            "description": "Table 2: the lambda sweep"},
+                "lambdas": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "uniqueItems": True,
+                            "default": [],
+                            "description": "Table 2: the lambda sweep (empty: no Table 2; lambda = 0 is Baseline 1, "
+                                           "in Table 1)"},
                 "ablation": {"type": "boolean", "default": True, "description": "Table 3: the KLD ablation"},
-                "ablation_lam": {"type": ["number", "null"], "minimum": 0, "default": None,
+                "ablation_lam": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None,
                                  "description": "lambda of Table 3's rows #2-#4 (null: fpi.lam); learning the "
                                                 "variances diverges at a lower lambda than the means alone"},
-                "figure_lambdas": {"type": "array", "items": {"type": "number", "minimum": 0}, "minItems": 2,
+                "figure_lambdas": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "minItems": 2,
                                    "maxItems": 2, "default": [10.0, 1000.0],
                                    "description": "Fig. 1(c)-(d): a small and a large lambda"},
                 "swin": {"type": "boolean", "default": True, "description": "Table 5 (Swin + NF augmentation)"},

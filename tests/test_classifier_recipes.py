@@ -142,7 +142,7 @@ def test_imagenet_configs_need_the_eva02_checkpoint_and_say_how_to_get_it(tmp_pa
             check_pretrained_file(cfg)
         msg = str(err.value)
         assert "\n" not in msg
-        assert msg.startswith(f"eva02.pretrained_file: pretrained weights file '{DEFAULT_EVA02_FILE}'")
+        assert msg.startswith(f"config key 'eva02.pretrained_file' = '{DEFAULT_EVA02_FILE}': weights file not found")
         assert f"timm.create_model('{DEFAULT_EVA02_PRETRAINED}', pretrained=True)" in msg
         (tmp_path / DEFAULT_EVA02_FILE).parent.mkdir(exist_ok=True)
         (tmp_path / DEFAULT_EVA02_FILE).write_bytes(b"")  # present: the check passes (the loader reads it later)
@@ -163,5 +163,5 @@ def test_the_check_skips_a_switched_off_experiment_and_names_the_section() -> No
            "experiments": {"swin": False}}
     check_pretrained_file(cfg)
     cfg["experiments"]["swin"] = True
-    with pytest.raises(ConfigError, match=r"^swin\.pretrained_file: .*'no/such/swin.pt' not found.*put the state-dict"):
+    with pytest.raises(ConfigError, match=r"^config key 'swin\.pretrained_file' = 'no/such/swin.pt': weights file not found.*put the state-dict"):
         check_pretrained_file(cfg)

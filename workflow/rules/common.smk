@@ -5,7 +5,23 @@ import os
 import shlex
 import sys
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+
+from nfpi.config import ConfigError
+from nfpi.validation import check_config, schema_error_line
+
+# Before anything else (and before torch is imported, for a misspelt key): every key's type and range and
+# every cross-key rule (nfpi.validation, docs/config.md). A bad config stops here with ONE line naming the
+# key, the value and the fix, exit status 1, no traceback, no job run, no results folder. Snakemake's
+# schema validation stays as a second net (and fills in the defaults), its failure shown as one line too.
+try:
+    check_config(config)
+    validate(config, "../schemas/config.schema.yaml")
+except ConfigError as exc:
+    sys.exit(f"nfpi config error: {exc}")
+except WorkflowError as exc:
+    sys.exit(f"nfpi config error: {schema_error_line(exc)}")
 
 sys.path.insert(0, os.path.join(workflow.basedir, "profiles", "slurm"))
 from preflight import check_workflow as slurm_preflight  # noqa: E402
@@ -13,14 +29,6 @@ from preflight import check_workflow as slurm_preflight  # noqa: E402
 from nfpi.config import from_mapping
 from nfpi.experiments import lineage_hash, settings_from_config, table_settings
 from nfpi.flows import FlowConfig, resolve_preset
-
-# Fails before any job starts, naming the offending key (unknown keys are rejected by the schema).
-validate(config, "../schemas/config.schema.yaml")
-
-# A classifier section naming a missing weights file (Table 6's EVA02 checkpoint) fails here, before any job.
-from nfpi.classifiers import check_pretrained_file  # noqa: E402
-
-check_pretrained_file(config)
 
 RUN = config["run"]
 R = f"results/{RUN}"

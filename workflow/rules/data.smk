@@ -22,3 +22,5 @@ rule prepare:
     shell:
         "{PY} -m nfpi.prepare --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
         " --out-dir {params.out} --size-multiple {params.multiple} > {log} 2>&1"
+        # a data error is one line at the end of the log: show it in Snakemake's output too
+        " || {{ tail -n 1 {log} >&2; exit 1; }}"
