@@ -458,3 +458,24 @@ def test_no_output_was_ever_visible_half_written(runs: Runs) -> None:
             assert len(versions) == 1, f"{watcher.wd}: {rel} changed while visible in invocation {invocation}"
             for data in versions.values():
                 _assert_complete(rel, data)
+
+
+def test_the_watcher_flags_a_file_written_in_place(tmp_path: Path) -> None:
+    """The check of (c) has teeth: an output appended in place (as flows/pretrain.jsonl used to be) shows
+    two contents within one invocation, while an atomic rewrite in a later invocation does not count."""
+    from nfpi.io import atomic_write_text
+
+    watcher = Watcher(tmp_path)
+    curve = tmp_path / R / "flows" / "pretrain.jsonl"
+    curve.parent.mkdir(parents=True)
+    curve.write_text('{"step": 4}\n')
+    watcher.scan()
+    with open(curve, "a") as fh:
+        fh.write('{"step": 8}\n')
+    watcher.scan()
+    assert len(watcher.seen[(0, "flows/pretrain.jsonl")]) == 2
+    watcher.invocation += 1
+    atomic_write_text(tmp_path / R / "metrics" / "nfpi.json", "{}")
+    watcher.scan()
+    assert len(watcher.seen[(1, "metrics/nfpi.json")]) == 1
+    assert (1, "flows/pretrain.jsonl") not in watcher.seen  # unchanged since it was last seen
