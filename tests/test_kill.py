@@ -27,7 +27,8 @@ file equal the reference's bit for bit (tensors with ``torch.equal``; JSON after
 listed in ``VOLATILE``), (c) a file at a final output path never changes once it exists within one
 Snakemake invocation and always loads (watched by a thread for the whole test).
 
-Runs in a few minutes on 2 cores: ``pytest -m kill tests/test_kill.py``.
+``pytest -m kill tests/test_kill.py``: 11 min on the shared 2-core VM at load ~22 (4.7 CPU-minutes;
+docs/bench/kill.md).
 """
 
 from __future__ import annotations
@@ -200,7 +201,7 @@ def job_process(wd: Path, module: str) -> psutil.Process | None:
     """The running ``python -m <module>`` job started in ``wd``."""
     for p in psutil.process_iter(["cmdline", "cwd"]):
         cmd = p.info["cmdline"] or []
-        if p.info["cwd"] == str(wd) and any(cmd[i:i + 2] == ["-m", module] for i in range(len(cmd))):
+        if p.info["cwd"] == os.path.realpath(wd) and any(cmd[i:i + 2] == ["-m", module] for i in range(len(cmd))):
             return p
     return None
 
@@ -246,14 +247,18 @@ def job_at_checkpoint(inv: Invocation, module: str, state: Path, at_least: int) 
 
 
 def stage_started(inv: Invocation, module: str, log: str) -> psutil.Process:
-    """Wait until the ``module`` job runs its stage body (its log has the command line), then freeze it."""
-    def ready() -> psutil.Process | None:
-        proc = job_process(inv.wd, module)
-        path = inv.wd / R / "logs" / log
-        return proc if proc is not None and path.exists() and "command:" in path.read_text() else None
-
-    proc = wait_for(f"the {module} job", ready, inv)
+    """Freeze the ``module`` job as soon as it exists, then let it run in 10 ms slices until its stage body
+    has started (its log has the command line): the job is caught early in its work however fast it is."""
+    proc = wait_for(f"the {module} job", lambda: job_process(inv.wd, module), inv)
     proc.send_signal(signal.SIGSTOP)
+    path = inv.wd / R / "logs" / log
+    t0 = time.monotonic()
+    while not (path.exists() and "command:" in path.read_text()):
+        assert time.monotonic() - t0 < TIMEOUT, f"timed out waiting for the {module} stage to start"
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.01)
+        proc.send_signal(signal.SIGSTOP)
+        assert proc.status() != psutil.STATUS_ZOMBIE, f"the {module} job ended before its stage started"
     return proc
 
 
