@@ -172,8 +172,6 @@ def main(argv: list[str] | None = None) -> None:
         record = {"flow": to_jsonable(flow_cfg), "image_shape": list(data.image_shape),
                   "num_classes": data.num_classes, "stage": "finetune", "gaussians": str(args.gaussians),
                   "round": r, "rounds": cfg.rounds}
-        if main_rank and not (out_r.with_name(out_r.name + ".resume") / "state.pt").exists():
-            curve_r.unlink(missing_ok=True)  # a fresh round: do not append to an earlier attempt's curve
         result = train_flow(flow, train_set, prior, cfg.loop_config(r, steps, n_bits), out_path=out_r,
                             init_checkpoint=start, config_record=record, metrics_path=curve_r)
         # Read once: the validation and the next round's re-solve use its EMA flow, the next round

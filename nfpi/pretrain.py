@@ -19,9 +19,9 @@ from nfpi.cli import parse_slices, provenance, stage_parser, start_stage
 from nfpi.data import PreparedData
 from nfpi.density import ClassGaussianPrior
 from nfpi.flows import FlowConfig, build_flow
-from nfpi.io import atomic_write_json, to_jsonable
+from nfpi.io import atomic_write_json, atomic_write_text, to_jsonable
 from nfpi.runtime import seed_everything
-from nfpi.training import TrainConfig, train_flow
+from nfpi.training import TrainConfig, resume_path, train_flow
 
 log = logging.getLogger("nfpi.pretrain")
 
@@ -60,12 +60,13 @@ def main(argv: list[str] | None = None) -> None:
         "stage": "pretrain",
         "gaussians": None,
     }
-    if args.log_jsonl:
-        # A declared output even when a resumed run has no step left to log.
-        Path(args.log_jsonl).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.log_jsonl).touch()
+    # The curve grows beside the resume state (a rerun continues it from the resume step) and is
+    # published whole at the end: the declared output is never seen half-written.
+    curve = resume_path(args.out).with_name("curve.jsonl") if args.log_jsonl else None
     result = train_flow(flow, data.dataset("train"), prior, train_cfg, out_path=Path(args.out),
-                        config_record=record, metrics_path=args.log_jsonl)
+                        config_record=record, metrics_path=curve)
+    if curve is not None:
+        atomic_write_text(args.log_jsonl, curve.read_text() if curve.exists() else "")
     atomic_write_json(args.metrics, {
         "stage": "pretrain", "result": result, "parameters": n_params, "config": record,
         "provenance": provenance(args.config_hash),

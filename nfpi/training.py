@@ -32,9 +32,12 @@ import dataclasses
 import functools
 import hashlib
 import inspect
+import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,13 +53,15 @@ from nfpi import distributed as ddp
 from nfpi.checkpoint import CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from nfpi.config import config_hash, from_mapping
 from nfpi.flow_augment import AugmentDraw, FlowAugment, apply_augment
-from nfpi.io import append_jsonl, to_jsonable
+from nfpi.io import append_jsonl, atomic_path, to_jsonable
 from nfpi.runtime import autocast, progress
 
 __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainedFlow",
+    "TrainingStopped",
+    "STOP_SIGNALS",
     "train_flow",
     "load_trained_flow",
     "StartWeights",
@@ -457,10 +462,114 @@ def _all_finite(module: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in module.parameters())
 
 
+def _where(record: dict[str, Any]) -> str:
+    """`` (round r/R)`` for a fine-tuning round, so that resume and stop lines name it."""
+    return f" (round {int(record['round']) + 1}/{int(record['rounds'])})" if "round" in record and "rounds" in record \
+        else ""
+
+
+def _trim_metrics(path: str | os.PathLike[str], step: int) -> None:
+    """Keep the metrics log's rows up to ``step``, the step training (re)starts from.
+
+    Rows an interrupted attempt logged after its last checkpoint are logged again by the resumed run
+    (so the log of a killed and resumed run equals an uninterrupted one's), a fresh start begins an
+    empty log, and the torn last line of an append cut short by a kill is dropped.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return
+    keep = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and int(row.get("step", 0)) <= step:
+            keep.append(line + "\n")
+    with atomic_path(p) as tmp:
+        tmp.write_text("".join(keep), encoding="utf-8")
+
+
+def _written(out_path: Path, fingerprint: str, step: int) -> bool:
+    """True when ``out_path`` already holds the final checkpoint of this run (same fingerprint and step).
+
+    A rerun that has nothing left to train then leaves the file as it is: a later stage identifies
+    its start weights by the file's bytes (:class:`StartWeights`), and a rewrite changes them (the
+    checkpoint's time stamp), which made the next fine-tuning round discard its resume state.
+    """
+    if not out_path.is_file():
+        return False
+    try:
+        ck = load_checkpoint(out_path, expected_kind="flow")
+    except CheckpointError:
+        return False
+    return (ck.get("extra") or {}).get("fingerprint") == fingerprint and int(ck["step"]) == step
+
+
+#: Signals on which training stops after the current step with a resume checkpoint: SIGTERM (SLURM at
+#: the time limit (``--signal``) or on pre-emption, ``scancel``, ``kill``, torchrun passing its own on),
+#: SIGINT (Ctrl-C), SIGUSR1 (``sbatch --signal=USR1@<seconds>``).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+class TrainingStopped(SystemExit):
+    """Raised by :func:`train_flow` when a stop signal arrived: the resume checkpoint holds ``step``.
+
+    A ``SystemExit`` with code 128 + the signal number, so the stage exits as a process killed by that
+    signal would (non-zero, so Snakemake and SLURM mark the job failed and a rerun or requeue resumes
+    it), without a traceback.
+    """
+
+    def __init__(self, signum: int, step: int) -> None:
+        super().__init__(128 + signum)
+        self.signum, self.step = signum, step
+
+
+class _StopSignals:
+    """While :func:`train_flow` runs, a stop signal only sets ``signum``; the loop acts on it after its step.
+
+    A signal that arrives after the loop's last check (while the final checkpoint is written) takes its
+    usual effect when :func:`train_flow` returns, so a stage never runs on after a stop request.
+    """
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = self.signum or signum  # repeats (torchrun passing on what SLURM sent too) change nothing
+
+    def __enter__(self) -> _StopSignals:
+        self.signum = 0
+        if threading.current_thread() is threading.main_thread():  # Python sets handlers there only
+            self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+        if self.signum and exc_type is None:
+            signal.raise_signal(self.signum)
+
+
+_STOP = _StopSignals()
+
+
+def _stops_on_signals(fn: Any) -> Any:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with _STOP:
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 # ----------------------------------------------------------------------------------------------
 # The training loop
 
 
+@_stops_on_signals
 def train_flow(
     flow: nn.Module,
     dataset: Dataset,
@@ -483,6 +592,10 @@ def train_flow(
     so :func:`load_trained_flow` can rebuild it), keeps a resume checkpoint at :func:`resume_path`
     and resumes from it when its fingerprint (trajectory-relevant config, flow record, a data sample,
     Gaussians, start weights) matches.  Every rank calls this function under ``torchrun``; only rank 0 writes files.
+
+    On a stop signal (:data:`STOP_SIGNALS`, on any rank) every rank finishes the current step, rank 0
+    writes the resume checkpoint at that step, and :class:`TrainingStopped` is raised (exit code
+    128 + signal number): a rerun resumes from that step.
     """
     t_start = time.perf_counter()
     if cfg.n_bits is None:
@@ -524,7 +637,7 @@ def train_flow(
         start_step = int(resume["step"])
         counters.update({k: resume["extra"].get(k, counters[k]) for k in counters})
         counters["last_loss"] = math.nan if counters["last_loss"] is None else counters["last_loss"]
-        logger.info("resuming from %s at step %d/%d", state_file, start_step, cfg.steps)
+        logger.info("resumed from step %d of %d%s (%s)", start_step, cfg.steps, _where(record), state_file)
     else:
         if start is not None:
             flow.load_state_dict(start.weights)
@@ -551,18 +664,24 @@ def train_flow(
             raise RuntimeError(f"ranks disagree on the resume state in {state_file} (is the folder on a "
                                "filesystem all ranks see?); delete it to start fresh")
 
-    def save_resume(step: int) -> None:
+    saved_at = [start_step]  # the step of the resume checkpoint on disk
+
+    def save_resume(step: int, window: tuple[Any, ...] | None = None) -> None:
+        saved_at[0] = step
         if info.is_main:
             save_checkpoint(
                 state_file, kind="resume", model=flow.state_dict(), ema=ema.module.state_dict(),
                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), step=step,
                 rng=capture_rng_state(), gaussians=prior.state_dict(),
-                config={"fingerprint": fingerprint, "train": cfg, "record": record}, extra=dict(counters),
+                config={"fingerprint": fingerprint, "train": cfg, "record": record},
+                extra={**counters, "window": [float(v) for v in window] if window is not None else None},
             )
         ddp.barrier()
 
     if resume is None:
         save_resume(start_step)  # the first rollback target (and no need to redo the data init on resume)
+    if info.is_main and metrics_path is not None:
+        _trim_metrics(metrics_path, start_step)
 
     model: nn.Module = flow
     if world > 1:
@@ -583,6 +702,11 @@ def train_flow(
     win_loss = torch.zeros((), dtype=torch.float64, device=device)
     win_gnorm = torch.zeros((), dtype=torch.float64, device=device)
     win_steps, win_all, win_t0, steps_run = 0, 0, time.perf_counter(), 0
+    window = (resume["extra"] or {}).get("window") if resume is not None else None
+    if window:  # resumed inside a logging window: the window's sums so far, so its line is the same
+        win_loss.fill_(window[0])
+        win_gnorm.fill_(window[1])
+        win_steps, win_all, consecutive_bad = int(window[2]), int(window[3]), int(window[4])
     loop_t0 = time.perf_counter()
     bar = progress(range(start_step, cfg.steps), initial=start_step, total=cfg.steps,
                    desc=str(record.get("stage", "train")), disable=not info.is_main)
@@ -607,9 +731,12 @@ def train_flow(
         loss.backward()
         max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
         gnorm = torch.nn.utils.clip_grad_norm_(flow.parameters(), max_norm, foreach=True)
-        # Every rank must take the same decision (DDP), so the flag is reduced with max.
-        bad = ddp.all_reduce_max((~torch.isfinite(loss) | ~torch.isfinite(gnorm)).float().reshape(1))
-        if bool(bad.item()):
+        # Every rank must take the same decisions (DDP), so the flags are reduced with max: skip this
+        # step (non-finite)? stop after it (a stop signal reached some rank; its number)?
+        bad, stop_signal = ddp.all_reduce_max(torch.stack([
+            (~torch.isfinite(loss) | ~torch.isfinite(gnorm)).float(), torch.tensor(float(_STOP.signum), device=device),
+        ])).tolist()
+        if bool(bad):
             optimizer.zero_grad(set_to_none=True)
             consecutive_bad += 1
             counters["skipped"] += 1
@@ -659,18 +786,27 @@ def train_flow(
             if not _all_finite(flow):  # never make a bad state the rollback target
                 _rollback(flow, ema, optimizer, state_file, step, counters, cfg)
             else:
-                save_resume(done)
+                save_resume(done, (win_loss, win_gnorm, win_steps, win_all, consecutive_bad))
+        elif stop_signal and _all_finite(flow):
+            save_resume(done, (win_loss, win_gnorm, win_steps, win_all, consecutive_bad))
+        if stop_signal:
+            name = signal.Signals(int(stop_signal)).name
+            if info.is_main:
+                logger.warning("stopped at step %d of %d%s on %s; resume checkpoint %s at step %d: rerun the same "
+                               "command to continue from it", done, cfg.steps, _where(record), name, state_file,
+                               saved_at[0])
+            raise TrainingStopped(int(stop_signal), done)
     loop_s = time.perf_counter() - loop_t0
 
     # -- final checkpoint -------------------------------------------------------------------------
     final_step = max(start_step, cfg.steps)
-    if info.is_main:
+    if info.is_main and not (steps_run == 0 and _written(out_path, fingerprint, final_step)):
         final_config = {**record, "train": to_jsonable(cfg), "image_shape": list(image_shape)}
         save_checkpoint(
             out_path, kind="flow", model=flow.state_dict(), ema=ema.module.state_dict(),
             gaussians=prior.state_dict(), step=final_step, config=final_config,
             extra={"rollbacks": counters["rollbacks"], "skipped_steps": counters["skipped"],
-                   "final_loss": counters["last_loss"], "world_size": world},
+                   "final_loss": counters["last_loss"], "world_size": world, "fingerprint": fingerprint},
         )
     ddp.barrier()
     last = float(counters["last_loss"]) if counters["last_loss"] is not None else math.nan

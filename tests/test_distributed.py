@@ -145,3 +145,66 @@ def test_two_process_gloo_matches_single_process(tmp_path: Path, monkeypatch: py
     for k in ck_one["ema"]:
         if ck_one["ema"][k].is_floating_point():
             torch.testing.assert_close(ck_ddp["ema"][k], ck_one["ema"][k], rtol=1e-4, atol=1e-5)
+
+
+def _stop_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """A DDP process; on rank 1 only, a real SIGTERM arrives while step 2's batch loads."""
+    import json
+    import signal
+
+    from torch.utils.data import Dataset
+
+    from nfpi.training import TrainingStopped, train_flow
+
+    class SignalAt(Dataset):
+        # Rank 1's fetches: the fingerprint's data sample, then step k's shard is fetch 1 + k.
+        def __init__(self, base, at: int) -> None:
+            self.base, self.at, self.fetches = base, at, 0
+
+        def __len__(self) -> int:
+            return len(self.base)
+
+        def __getitem__(self, i: int):
+            return self.base[i]
+
+        def __getitems__(self, idx: list[int]):
+            if self.fetches == self.at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            self.fetches += 1
+            return [self.base[i] for i in idx]
+
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+                       "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    ddp.init_distributed("cpu")
+    try:
+        flow, data, prior, cfg = _setup()
+        try:
+            train_flow(flow, SignalAt(data, 1 + 2) if rank == 1 else data, prior, cfg,
+                       out_path=Path(out_dir) / "flow.pt", config_record={"flow": FLOW_RAW, "image_shape": list(SHAPE)})
+            outcome = {"stopped": None}
+        except TrainingStopped as exc:
+            outcome = {"stopped": exc.step, "code": exc.code}
+        (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(outcome))
+    finally:
+        ddp.cleanup()
+
+
+def test_a_stop_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from nfpi.training import resume_path, train_flow
+
+    mp.spawn(_stop_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    outcomes = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    # Rank 0 got no signal, yet both stop after step 2 (3 steps done), before train.steps=5.
+    assert outcomes == [{"stopped": 3, "code": 128 + 15}] * 2
+    assert not (tmp_path / "flow.pt").exists()
+    assert load_checkpoint(resume_path(tmp_path / "flow.pt"))["step"] == 3  # written by rank 0
+    for var in TORCHRUN_VARS:
+        monkeypatch.delenv(var, raising=False)
+    flow, data, prior, cfg = _setup()
+    res = train_flow(flow, data, prior, cfg, out_path=tmp_path / "flow.pt",
+                     config_record={"flow": FLOW_RAW, "image_shape": list(SHAPE)})
+    assert res.resumed_from == 3 and res.steps == 5  # the world size may change between attempts

@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,7 @@ from nfpi.flows import FlowConfig, build_flow
 from nfpi.training import (
     StartWeights,
     TrainConfig,
+    TrainingStopped,
     batch_noise,
     dequantize_batch,
     global_batch_indices,
@@ -232,6 +236,61 @@ def test_resume_after_crash_is_exact(tmp_path: Path) -> None:
     ck = load_checkpoint(tmp_path / "crash" / "flow.pt")
     assert_same_state(resumed.state_dict(), full.state_dict())
     assert_same_state(ck["ema"], full_ck["ema"])
+
+
+class SignallingDataset(CrashingDataset):
+    """The real data; the process sends itself ``sig`` (a real signal) while batch ``at`` is fetched."""
+
+    def __init__(self, base: TensorDataset, at: int, sig: signal.Signals) -> None:
+        super().__init__(base, crash_at=-1)
+        self.at, self.sig = at, sig
+
+    def __getitems__(self, idx: list[int]):
+        if self.fetches == self.at:
+            os.kill(os.getpid(), self.sig)
+        return super().__getitems__(idx)
+
+
+def _rows(path: Path) -> list[dict]:
+    """Metrics lines without the timing fields."""
+    return [{k: v for k, v in json.loads(line).items() if k not in ("elapsed", "images_per_sec")}
+            for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_stop_signal_checkpoints_the_current_step_and_the_rerun_resumes_exactly(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, sig: signal.Signals) -> None:
+    c = cfg(steps=7, checkpoint_every=3, log_every=2)
+    full, _ = run(tmp_path / "full", c, metrics_path=tmp_path / "full" / "m.jsonl")
+    before = signal.getsignal(sig)
+    # Fetches: the fingerprint's data sample, the data-init batch, then step k's batch is fetch 2 + k.
+    # The signal arrives while step 4's batch loads: step 4 completes, then the loop stops (step 5 done).
+    with caplog.at_level(logging.INFO, logger="nfpi.training"), pytest.raises(TrainingStopped) as stopped:
+        run(tmp_path / "stop", c, data=SignallingDataset(make_data(), at=2 + 4, sig=sig),
+            metrics_path=tmp_path / "stop" / "m.jsonl")
+    assert stopped.value.code == 128 + sig and stopped.value.step == 5
+    assert signal.getsignal(sig) == before  # the handler is only installed while training runs
+    assert not (tmp_path / "stop" / "flow.pt").exists()
+    state = resume_path(tmp_path / "stop" / "flow.pt")
+    assert load_checkpoint(state)["step"] == 5  # not the periodic step-3 checkpoint: the step it stopped at
+    assert f"stopped at step 5 of 7 on {sig.name}; resume checkpoint {state} at step 5" in caplog.text
+    with caplog.at_level(logging.INFO, logger="nfpi.training"):
+        resumed, res = run(tmp_path / "stop", c, metrics_path=tmp_path / "stop" / "m.jsonl")
+    assert res.resumed_from == 5 and f"resumed from step 5 of 7 ({state})" in caplog.text
+    assert_same_state(resumed.state_dict(), full.state_dict())
+    assert_same_state(load_checkpoint(tmp_path / "stop" / "flow.pt")["ema"],
+                      load_checkpoint(tmp_path / "full" / "flow.pt")["ema"])
+    # The metrics log equals the uninterrupted one, including the window (steps 5-6) cut by the stop.
+    assert _rows(tmp_path / "stop" / "m.jsonl") == _rows(tmp_path / "full" / "m.jsonl")
+
+
+def test_rerun_of_a_finished_run_leaves_its_checkpoint_untouched(tmp_path: Path) -> None:
+    """A later stage identifies its start weights by the file's bytes: a rerun must not rewrite them."""
+    run(tmp_path, cfg(steps=3))
+    before = (tmp_path / "flow.pt").read_bytes()
+    time.sleep(1.1)  # the checkpoint's time stamp has one-second resolution
+    _, res = run(tmp_path, cfg(steps=3))
+    assert res.resumed_from == 3 and (tmp_path / "flow.pt").read_bytes() == before
 
 
 def test_extending_steps_resumes_exactly_and_config_change_restarts(tmp_path: Path, caplog) -> None:

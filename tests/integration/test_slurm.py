@@ -24,6 +24,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -333,6 +334,59 @@ def test_gpu_rule_on_a_cluster_without_gpus_is_a_clear_error(cluster: None, tmp_
     finally:
         slurm_local("down")
         slurm_local("up")
+
+
+def test_sigterm_from_slurm_checkpoints_and_the_retried_job_resumes(cluster: None, project_copy: Path) -> None:
+    """SLURM's warning before a time limit (`--signal=TERM@<s>`, here sent at once with `scancel --signal=TERM`)
+    reaches the training stage through the job step: it writes its resume checkpoint at the step it is at and
+    fails; Snakemake's retry (`--retries 1`) submits a new SLURM job, which resumes from that step."""
+    target = "results/kill/flows/pretrain.pt"  # .test/config/kill.yaml: 60 steps, a checkpoint every 10
+    state = project_copy / "results/kill/flows/pretrain.pt.resume/state.pt"
+    log = project_copy / "results/kill/logs/pretrain.log"
+    out = project_copy / "slurm-sigterm.out"
+    cmd = [str(Path(VENV_BIN) / "snakemake"), "--profile", "slurm", *FAST_POLL, target,
+           "--configfile", TINY_CONFIG, ".test/config/kill.yaml", "--retries", "1"]
+    with open(out, "w") as fh:
+        proc = subprocess.Popen(cmd, cwd=project_copy, env=_env(), stdout=fh, stderr=subprocess.STDOUT, text=True)
+
+    def poll(what: str, cond, timeout: float = 900):  # type: ignore[no-untyped-def]
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            value = cond()
+            if value:
+                return value
+            if proc.poll() is not None:
+                pytest.fail(f"snakemake ended ({proc.returncode}) before {what}:\n{out.read_text()[-4000:]}")
+            time.sleep(0.2)
+        pytest.fail(f"timed out waiting for {what}")
+
+    def checkpointed_job() -> str | None:
+        import torch
+
+        try:
+            step = int(torch.load(state, map_location="cpu", weights_only=True)["step"])
+        except (FileNotFoundError, RuntimeError, EOFError):
+            return None
+        if step < 10:
+            return None
+        rows = subprocess.run(["squeue", "--noheader", "--states=RUNNING", "--format=%i|%k"], env=_env(),
+                              text=True, capture_output=True, check=True).stdout.split()
+        ids = [r.split("|")[0] for r in rows if "pretrain" in r]
+        return ids[0] if ids else None
+
+    first = poll("a pretrain checkpoint", checkpointed_job)
+    subprocess.run(["scancel", "--signal=TERM", first], env=_env(), check=True)
+    stopped = poll("the stop line", lambda: re.search(r"stopped at step (\d+) of 60 on SIGTERM",
+                                                        log.read_text() if log.exists() else ""))
+    assert proc.wait(timeout=900) == 0, out.read_text()[-6000:]
+    text = out.read_text()
+    assert squeue_states()[first][0] == "FAILED"  # exit code 143: the stage stopped on the signal
+    pretrain_ids = [m.group(2) for m in SUBMITTED_RE.finditer(text)][1:]  # the first job is `prepare`
+    assert len(pretrain_ids) == 2 and pretrain_ids[0] == first, text[-4000:]
+    assert squeue_states()[pretrain_ids[1]][0] == "COMPLETED"
+    final = log.read_text()
+    assert f"resumed from step {stopped.group(1)} of 60" in final, final[-3000:]
+    assert JOB_ID_IN_LOG_RE.findall(final)[0] == pretrain_ids[1]
 
 
 def test_down_leaves_nothing_running(cluster: None) -> None:
