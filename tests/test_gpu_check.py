@@ -46,7 +46,7 @@ def test_smoke_on_cpu_runs_every_section_and_writes_the_documented_report(tmp_pa
     empty.write_text("{}\n")  # config/cifar10.yaml as it is: the smoke run only dry-runs it
     # aot_eager: Dynamo and AOT autograd without inductor's C++ build (minutes on this CPU)
     proc, report = _run(tmp_path, "--device", "cpu", "--smoke", "--budget-s", "1500", "--compile-backend", "aot_eager",
-                        "--paper-override", str(empty))
+                        "--paper-override", str(empty), "--paper-data-root", str(tmp_path / "cifar10"))
     assert report is not None, proc.stderr
     _check_format(report, ["bf16", "compile", "ddp", "throughput", "paper"])
     assert proc.returncode == 0 and report["ok"], json.dumps(report["sections"], indent=1)
@@ -65,6 +65,7 @@ def test_smoke_on_cpu_runs_every_section_and_writes_the_documented_report(tmp_pa
     assert all(r["images_per_s"] > 0 and r["peak_gpu_memory_gb"] is None for r in thr.values())
     paper = sec["paper"]["metrics"]
     assert paper["dry_run"] and paper["jobs"]["pretrain"] == 1 and paper["jobs"]["total"] > 1
+    assert paper["data_root"] == str(tmp_path / "cifar10")
 
 
 def test_paper_section_is_skipped_when_the_override_is_absent(tmp_path: Path) -> None:
