@@ -69,3 +69,34 @@ def test_stage_totals_are_jobs_times_images_times_epochs_times_flops() -> None:
     assert st["extract"].total == 2 * 60_000
     assert st["swin"].jobs == 2 and st["swin (+NF aug.)"].images == 2 * 45_000
     assert "eva02" not in st  # no job, no row
+
+
+def _report(tmp_path: Path, smoke: bool) -> Path:
+    """A gpu-check report as the script writes it (the fields cost_model reads)."""
+    import json
+
+    rate = {"images_per_s": 0.0, "step_s_median": 1.0, "peak_gpu_memory_gb": 1.0, "peak_rss_gb": 1.0, "batch": 64,
+            "params": 1}
+    rep = {"schema": "nfpi-gpu-check/1", "device": "cuda", "smoke": smoke, "environment": {"gpus": [{"name": "GPU X"}]},
+           "sections": [{"name": "throughput", "ok": True, "metrics": {
+               "train_bf16": {**rate, "images_per_s": 500.0}, "train_fp32": {**rate, "images_per_s": 300.0},
+               "extract_fp32": {**rate, "images_per_s": 2000.0}}}]}
+    path = tmp_path / "gpu-check.json"
+    path.write_text(json.dumps(rep))
+    return path
+
+
+def test_measured_rates_add_hours_at_the_measured_images_per_second(tmp_path: Path) -> None:
+    measured = cost_model.measured_rates(_report(tmp_path, smoke=False))
+    assert measured["train"] == 500.0 and measured["extract"] == 2000.0 and measured["gpu"] == "GPU X"
+    cfg = cost_model.resolved_config("cifar10")
+    fl = {k: {"forward": 1e9, "train": 3e9, "inverse": 1e9, "params": 1} for k in ("flow", "cnn", "swin", "eva02")}
+    result = {"name": "cifar10", "config": cfg, "shape": (3, 32, 32), "splits": cost_model.split_sizes(cfg),
+              "flops": fl, "jobs": {"pretrain": 1, "extract": 1}}
+    text = cost_model.render([result], "digest", measured)
+    pretrain = next(line for line in text.splitlines() if line.startswith("| pretrain |"))
+    hours = cfg["pretrain"]["steps"] * cfg["pretrain"]["batch_size"] / 500.0 / 3600
+    assert pretrain.rstrip(" |").endswith(f"{hours:,.1f}" if hours >= 1 else f"{hours:.2f}")
+    assert "GPU-h at measured rate" in text and "<!-- inputs: digest -->" in text
+    with pytest.raises(SystemExit, match="full size"):
+        cost_model.measured_rates(_report(tmp_path, smoke=True))
