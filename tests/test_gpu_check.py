@@ -54,7 +54,7 @@ def test_smoke_on_cpu_runs_every_section_and_writes_the_documented_report(tmp_pa
     assert all(s["ok"] is True for s in sec.values())
     bf16 = sec["bf16"]["metrics"]
     assert bf16["skipped_steps"] == 0 and bf16["final_loss"] == pytest.approx(bf16["final_loss"])  # finite
-    assert bf16["inverse_err_fp32"] < 1e-3 and bf16["inverse_err_bf16"] < 1 / 256
+    assert bf16["inverse_err_fp32"] < 1e-3 and bf16["bf16_pixels_changed_fraction"] < 1e-3
     comp = sec["compile"]["metrics"]
     assert comp["backend"] == "aot_eager" and comp["max_abs_latent_diff"] < 1e-3 and comp["compile_s"] > 0
     ddp = sec["ddp"]["metrics"]
