@@ -10,7 +10,8 @@ rerun; ``tests/test_cost_model.py`` fails while the doc's input digest differs f
 
 - FLOPs per image: ``torch.utils.flop_counter.FlopCounterMode`` on a real forward, forward+backward
   (training) and inverse (sampling) of the configured flow at the dataset's image size, on the CPU,
-  batch 2; the same for the classifiers the config builds (ResNet18, Swin, EVA02).  The counter counts
+  batch 1; the same for the classifiers the config builds (ResNet18, Swin, EVA02; batch 2 for batch
+  norm) and, on the meta device, for the paper's pretrained EVA02-B/14 at 448 px.  The counter counts
   matrix products and convolutions (2 FLOPs per multiply-add), not elementwise work, which is small
   next to them here but costs memory bandwidth.
 - Images: the official split sizes (table ``SOURCES``) after the stratified ``val`` carve
@@ -27,6 +28,7 @@ import argparse
 import copy
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -133,7 +135,7 @@ def job_counts(name: str) -> dict[str, int]:
         cmd = [sys.executable, "-m", "snakemake", "all", "--dry-run", "--quiet", "rules", "--snakefile",
                str(ROOT / "Snakefile"), "--directory", wd, "--configfile", str(ROOT / "config" / f"{name}.yaml")]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                              env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
     if proc.returncode != 0:
         raise RuntimeError(f"snakemake dry run of config/{name}.yaml failed: {(proc.stdout + proc.stderr)[-2000:]}")
     counts = parse_job_stats(proc.stdout + proc.stderr)
