@@ -31,33 +31,50 @@ SHAPES = {"digits": (1, 8, 8), "cifar": (3, 32, 32), "imagenet32": (3, 32, 32), 
 
 
 def run_one(preset: str, arch: str, batch: int, mode: str, steps: int, warmup: int, threads: int,
-            precision: str = "fp32") -> dict:
-    """Time ``steps`` iterations (after ``warmup``) in this process; return images/s stats and peak RSS."""
+            precision: str = "fp32", device: str = "cpu", flow_overrides: dict | None = None) -> dict:
+    """Time ``steps`` iterations (after ``warmup``) in this process; return images/s stats and peak memory.
+
+    ``device`` "cuda" times with ``torch.cuda.synchronize`` and adds the peak GPU memory
+    (``torch.cuda.max_memory_allocated``, reset before the warm-up); ``flow_overrides`` are
+    ``FlowConfig`` fields on top of the preset (``scripts/gpu-check --smoke`` shrinks the flow).
+    """
     import torch
 
     from nfpi.density import ClassGaussianPrior, preprocess
     from nfpi.flows import FlowConfig, build_flow
 
-    torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
+    nthreads = torch.get_num_threads()
     torch.manual_seed(0)
     shape = SHAPES[preset]
     from nfpi.runtime import autocast, flush_denormals, keep_freed_memory
 
     flush_denormals()  # as every stage process does (nfpi.cli.start_stage)
     keep_freed_memory()
-    flow = build_flow(FlowConfig(arch=arch, preset=preset), shape)
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+
+    def sync() -> None:
+        if cuda:  # kernels run asynchronously: time what ran, not what was queued
+            torch.cuda.synchronize(dev)
+
+    flow = build_flow(FlowConfig(arch=arch, preset=preset, **(flow_overrides or {})), shape)
     n_params = sum(p.numel() for p in flow.parameters())
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (batch, *shape), dtype=torch.uint8, generator=g)
     y = torch.randint(0, 10, (batch,), generator=g)
     flow.data_init(preprocess(x[: min(batch, 64)], generator=g))
-    prior = ClassGaussianPrior.standard(10, flow.latent_dim)
+    flow = flow.to(dev)
+    x, y = x.to(dev), y.to(dev)
+    g = torch.Generator(device=dev).manual_seed(0)  # preprocess draws its noise on x's device
+    prior = ClassGaussianPrior.standard(10, flow.latent_dim).to(dev)
     if mode == "train":
-        opt = torch.optim.Adamax(flow.parameters(), lr=1e-3)
+        opt = torch.optim.Adamax(flow.parameters(), lr=1e-3, foreach=True)
         flow.train()
 
         def step() -> None:
-            with autocast(torch.device("cpu"), precision):  # as nfpi.training.train_flow
+            with autocast(dev, precision):  # as nfpi.training.train_flow
                 z, logdet = flow(preprocess(x, generator=g))
             loss = -(prior.log_prob(z.float(), y) + logdet.float()).mean()
             opt.zero_grad(set_to_none=True)
@@ -72,22 +89,28 @@ def run_one(preset: str, arch: str, batch: int, mode: str, steps: int, warmup: i
                 z, _ = flow(preprocess(x, dequantize=False))
                 prior.classify(z)
 
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
     for _ in range(warmup):
         step()
+    sync()
     times, cpu = [], []
     for _ in range(steps):
         t0, c0 = time.perf_counter(), time.process_time()
         step()
+        sync()
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     med = statistics.median(times)
     cpu_med = statistics.median(cpu)
     return {
+        "device": str(dev),
+        "peak_gpu_memory_gb": torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else None,
         "preset": preset,
         "arch": arch,
         "mode": mode,
         "batch": batch,
-        "threads": threads,
+        "threads": nthreads,
         "precision": precision,
         "params": n_params,
         "step_s_median": med,
@@ -96,7 +119,7 @@ def run_one(preset: str, arch: str, batch: int, mode: str, steps: int, warmup: i
         # CPU seconds this process got per step (all threads): on a shared, oversubscribed machine
         # batch / (cpu / threads) estimates the throughput with `threads` cores to itself
         "cpu_s_median": cpu_med,
-        "images_per_s_cpu_adjusted": batch / (cpu_med / threads),
+        "images_per_s_cpu_adjusted": batch / (cpu_med / nthreads),
         "load_avg_1min": os.getloadavg()[0],
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
