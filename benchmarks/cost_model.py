@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -131,6 +133,17 @@ def job_counts(name: str) -> dict[str, int]:
     import tempfile
 
     with tempfile.TemporaryDirectory() as wd:
+        # The workflow checks at start-up that the data folder and any pretrained weights file exist: stand
+        # empty ones in (a dry run reads neither).
+        paper = yaml.safe_load((ROOT / "config" / f"{name}.yaml").read_text())
+        data = paper.get("data") or {}
+        if data.get("root") and not data.get("download"):
+            (Path(wd) / data["root"]).mkdir(parents=True, exist_ok=True)
+        for sec in ("cnn", "swin", "eva02"):
+            weights = (paper.get(sec) or {}).get("pretrained_file")
+            if weights:
+                (Path(wd) / weights).parent.mkdir(parents=True, exist_ok=True)
+                (Path(wd) / weights).touch()
         # the target before --configfile, which takes several values
         cmd = [sys.executable, "-m", "snakemake", "all", "--dry-run", "--quiet", "rules", "--snakefile",
                str(ROOT / "Snakefile"), "--directory", wd, "--configfile", str(ROOT / "config" / f"{name}.yaml")]
