@@ -545,7 +545,7 @@ def train_flow(
     win_gnorm = torch.zeros((), dtype=torch.float64, device=device)
     win_steps, win_all, win_t0, steps_run = 0, 0, time.perf_counter(), 0
     loop_t0 = time.perf_counter()
-    bar = progress(range(start_step, cfg.steps), initial=start_step, total=cfg.steps,
+    bar = progress(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, unit="step", logger=logger,
                    desc=str(record.get("stage", "train")), disable=not info.is_main)
     for step in bar:
         # Global batch -> this rank's contiguous shard; noise/flips for the global batch, then sliced.
@@ -607,8 +607,7 @@ def train_flow(
             if info.is_main:
                 if metrics_path is not None:
                     append_jsonl(metrics_path, rec)
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{loss_nats:.3f}", bpd=f"{rec['bpd']:.3f}", refresh=False)
+                bar.set(loss=loss_nats, bpd=rec["bpd"])
                 logger.info("step %d/%d  loss %.4f nats  %.4f bits/dim  lr %.2e  |g| %.3g  %.0f img/s",
                             done, cfg.steps, loss_nats, rec["bpd"], rec["lr"], rec["grad_norm"], rec["images_per_sec"])
             win_loss.zero_()
