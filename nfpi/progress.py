@@ -203,7 +203,8 @@ class Progress(Generic[T]):
         self.n += n
         if self.mode == "log":
             now = self._clock()
-            if now >= self._next:
+            # at the total the closing line follows at once: no line just before it
+            if now >= self._next and (self.total is None or self.n < self.total):
                 self._emit(now)
         elif self._bar is not None:
             self._bar.update(n)

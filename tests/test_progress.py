@@ -100,6 +100,17 @@ def test_a_burst_of_updates_writes_no_more_lines(logger: logging.Logger, caplog:
     assert len(lines(caplog)) == 2
 
 
+def test_no_periodic_line_right_before_the_last(logger: logging.Logger, caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    p = progress(total=2, desc="x", logger=logger, delay=0.0, interval=1.0, clock=clock, stream=io.StringIO())
+    clock.t += 5
+    p.update()
+    clock.t += 5
+    p.update()  # due, but this is the last unit: close() writes the line
+    p.close()
+    assert [g.split(" |")[0] for g in lines(caplog)] == ["x: 1/2 it (50%)", "x: done 2/2 it (100%)"]
+
+
 def test_postfix_is_shown(logger: logging.Logger, caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
     with progress(total=3, desc="FPI lam=1", logger=logger, delay=0.0, clock=clock, stream=io.StringIO()) as p:
