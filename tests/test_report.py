@@ -92,22 +92,31 @@ def _snakemake(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Co
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The tiny workflow, every job through `apptainer exec` (the recorder), in a fresh folder."""
-    wd = tmp_path_factory.mktemp("wf")
+    """The tiny workflow, every job through `apptainer exec` (the recorder), in a fresh folder.
+
+    ``NFPI_REPORT_WORKDIR=<folder>`` keeps the run there and reuses it when it is complete (to iterate
+    on the report checks without rerunning the workflow).
+    """
+    keep = os.environ.get("NFPI_REPORT_WORKDIR")
+    wd = Path(keep) if keep else tmp_path_factory.mktemp("wf")
     shim = wd / "bin"
-    shim.mkdir()
+    shim.mkdir(parents=True, exist_ok=True)
     (shim / "apptainer").write_text(RECORDER.format(python=sys.executable))
     (shim / "apptainer").chmod(0o755)
     image = wd / "nfpi.sif"
-    image.write_bytes(b"")  # a local SIF path: Snakemake passes it as is (nothing to pull)
+    image.touch()  # a local SIF path: Snakemake passes it as is (nothing to pull)
     log = wd / "apptainer.jsonl"
     # the recorder runs the jobs here, so the image's `python` is this interpreter
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NFPI_APPTAINER_LOG": str(log),
            "PATH": os.pathsep.join([str(shim), str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     common = ["--configfile", str(TINY), "--config", f"container={image}"]
-    proc = _snakemake(["all", "--cores", "2", "--sdm", "apptainer", "--apptainer-args", "--nv --bind /data",
-                       *common], wd, env)
-    return {"wd": wd, "env": env, "image": image, "log": log, "common": common, "stderr": proc.stderr}
+    done = wd / "snakemake.stderr"
+    if not (keep and done.is_file()):
+        log.unlink(missing_ok=True)
+        proc = _snakemake(["all", "--cores", "2", "--sdm", "apptainer", "--apptainer-args", "--nv --bind /data",
+                           *common], wd, env)
+        done.write_text(proc.stderr)
+    return {"wd": wd, "env": env, "image": image, "log": log, "common": common, "stderr": done.read_text()}
 
 
 def test_every_job_runs_in_the_configured_image(run: dict) -> None:
@@ -169,7 +178,8 @@ def report(run: dict) -> Path:
     _snakemake(["all", "--report", "report.html", *run["common"]], wd, run["env"])
     html = (wd / "report.html").read_text(encoding="utf-8")
     nav = wd / "report_nav.html"
-    nav.write_text(html.replace("</body>", NAVIGATE + "</body>"), encoding="utf-8")
+    head, tag, tail = html.rpartition("</body>")  # the document's own end (libraries inside hold the string too)
+    nav.write_text(head + NAVIGATE + tag + tail, encoding="utf-8")
     return nav
 
 
@@ -177,7 +187,8 @@ def _open(nav: Path, **query: str) -> str:
     url = nav.as_uri() + "?" + urllib.parse.urlencode(query)
     dom = _chromium(["--dump-dom", url], nav.parent)
     assert 'data-nav="done"' in dom, re.findall(r'data-nav="[^"]*"', dom) or dom[-2000:]
-    return dom
+    app = dom[dom.index('<div id="app">'):]
+    return app[:app.find("<script")]  # what React rendered (the scripts after it hold the same strings)
 
 
 def _entries(dom: str) -> set[str]:
