@@ -5,13 +5,16 @@
 #   snakemake --profile profiles/local all          # the embedded default (sklearn digits, CPU, minutes)
 #   snakemake --profile slurm all                   # the same on a SLURM cluster
 #   snakemake --profile profiles/local --configfile config/cifar10.yaml all
+#   snakemake --profile slurm --sdm apptainer all   # every job in the nfpi image (config key `container`)
 #
 # DAG: prepare -> pretrain -> extract -> solve (per setting) -> finetune -> evaluate / sample -> classify
 #      -> tabulate (Tables 1-6) + figures (Fig. 1, Fig. 2, curves) + latent OT + flow factorization
 
 import os
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 min_version("9.0")
 
@@ -21,6 +24,21 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 include: "workflow/rules/common.smk"
+
+
+# Containers: `snakemake --sdm apptainer` runs every job in the image of config key `container` (a SIF
+# file relative to this folder, or a docker:// / oras:// URI); without --sdm the directive is ignored.
+# Inside the image the stages run on its own python, not the host's (docs/cluster.md, "Apptainer").
+APPTAINER = DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method
+IMAGE = config["container"] if "://" in config["container"] else os.path.join(workflow.basedir, config["container"])
+if APPTAINER and "://" not in IMAGE and not os.path.isfile(IMAGE):
+    raise WorkflowError(f"container: {IMAGE} (config key `container`) does not exist: build it with `apptainer build "
+                        f"{IMAGE} docker-daemon://nfpi:latest` (docs/cluster.md) or pass --config container=<image URI>")
+if APPTAINER:
+    PY = "python"
+
+
+container: IMAGE
 
 
 # Under the SLURM executor, check every job's partition / GPUs / memory against `sinfo` before the

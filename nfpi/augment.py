@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nfpi.progress import progress
+
 __all__ = [
     "class_principal_axes",
     "pca_mixup",
@@ -318,7 +320,7 @@ def nf_augment(
         a_idx, b_idx, beta = draw_pairs(labs, copies=copies, beta_max=beta_max, generator=generator, indices=src)
         out = torch.empty(m_total, *imgs.shape[1:], dtype=torch.uint8)
         axes_dev: Tensor | None = None  # moved once, in the flow's dtype (float64 axes would double memory)
-        for s in range(0, m_total, batch_size):
+        for s in progress(range(0, m_total, batch_size), desc="NF augmentation", unit="batch", logger=log):
             ia, ib = a_idx[s : s + batch_size], b_idx[s : s + batch_size]
             m = ia.shape[0]
             if latents is not None:

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from nfpi.augment import StandardAugConfig, build_batch_mixer, build_sample_transform, random_crop_flip
 from nfpi.config import ConfigError, from_mapping
 from nfpi.io import append_jsonl
+from nfpi.progress import progress
 from nfpi.runtime import autocast, seed_everything, select_device
 
 __all__ = [
@@ -633,6 +634,7 @@ def train_classifier(
     log.info("training %s (%.2fM params, pretrained=%s) on %d images for %d epochs (%d steps) on %s x %d",
              cfg.arch, num_params / 1e6, history["pretrained"], n, cfg.epochs, total, device, world)
     step = 0
+    bar = progress(total=total, desc=f"classifier {cfg.arch}", unit="step", logger=log)
     for epoch in range(cfg.epochs):
         net.train()
         t0 = time.perf_counter()
@@ -689,6 +691,7 @@ def train_classifier(
             loss_sum += loss.detach().double() * xb.shape[0]
             correct += (logits.argmax(-1) == yb).sum()
             seen += xb.shape[0]
+            bar.update()
             if cfg.log_every and step % cfg.log_every == 0:
                 log.info("step %d/%d loss %.4f lr %.3g", step, total, loss.item(), opt.param_groups[0]["lr"])
         if world > 1:  # the epoch's figures over all ranks' shares
@@ -701,10 +704,12 @@ def train_classifier(
         for k, v in rec.items():
             history[k].append(v)
         history["steps"] = step
+        bar.set(epoch=f"{epoch + 1}/{cfg.epochs}", loss=rec["loss"], train_acc=rec["train_acc"])
         log.info("epoch %d/%d loss %.4f train_acc %.4f (%.1fs)", epoch + 1, cfg.epochs, rec["loss"],
                  rec["train_acc"], rec["seconds"])
         if log_path is not None and info.is_main:
             append_jsonl(log_path, {"arch": cfg.arch, **rec})
+    bar.close()
     model.eval()
     return model, history
 
@@ -745,7 +750,7 @@ def evaluate_classifier(
     hits_per_class: Tensor | None = None
     count_per_class: Tensor | None = None
     lab_all = None
-    for s in range(0, n, batch_size):
+    for s in progress(range(0, n, batch_size), desc="classifier accuracy", unit="batch", logger=log, leave=False):
         x = imgs[s:s + batch_size].to(dev).float().div_(255.0)
         with autocast(dev, precision):
             logits = model(x).float()

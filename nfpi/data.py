@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from nfpi.io import atomic_path, atomic_write_json, read_json
+from nfpi.progress import progress
 
 __all__ = [
     "DataError",
@@ -761,7 +762,9 @@ def _write_splits(src: _Source, plan: dict[str, tuple[str, np.ndarray]], conv: _
             written = np.zeros(len(users), dtype=np.int64)
             done = 0
             log.info("%s: reading %d images from %s", part_name, len(all_idx), part.origin)
+            bar = progress(total=len(all_idx), desc=f"prepare {part_name}", unit="img", logger=log)
             for chunk in part.read(all_idx):
+                bar.update(len(chunk))
                 chunk = conv(chunk)
                 d = dest[done : done + len(chunk)]
                 for j, (split, _) in enumerate(users):
@@ -769,6 +772,7 @@ def _write_splits(src: _Source, plan: dict[str, tuple[str, np.ndarray]], conv: _
                     arrays[split][written[j] : written[j] + len(rows)] = rows
                     written[j] += len(rows)
                 done += len(chunk)
+            bar.close()
             if done != len(all_idx):
                 raise DataError(f"{part.origin}: read {done} images but {len(all_idx)} were selected")
         for a in arrays.values():

@@ -14,6 +14,7 @@ puts the EMA weights in and switches to eval mode) and do not change its mode or
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -23,7 +24,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from nfpi.progress import progress
 from nfpi.training import dequantize_batch, load_batch
+
+log = logging.getLogger(__name__)
 
 __all__ = ["evaluate_flow", "extract_latents", "latent_class_stats", "sample_images", "iterate_batches"]
 
@@ -89,7 +93,9 @@ def evaluate_flow(
     count = 0
     second_pass = classify_centres and dequantize
     centres = iterate_batches(dataset, batch_size, dequantize=False, n_bits=n_bits) if second_pass else None
+    bar = progress(total=len(dataset), desc="evaluate flow", unit="img", logger=log)  # type: ignore[arg-type]
     for x, y in iterate_batches(dataset, batch_size, dequantize=dequantize, seed=seed, n_bits=n_bits):
+        bar.update(int(y.numel()))
         x, y = x.to(dev), y.to(dev)
         z, logdet = flow(x)
         z, logdet = z.float(), logdet.float()
@@ -105,6 +111,7 @@ def evaluate_flow(
         nll_marg -= (lp_marg + logdet).double().sum().cpu()  # -log p(x)
         confusion += torch.bincount((y * k + pred).cpu(), minlength=k * k)
         count += int(y.numel())
+    bar.close()
     if count == 0:
         raise ValueError("evaluate_flow: the dataset is empty")
     conf = confusion.view(k, k)
@@ -129,18 +136,22 @@ def extract_latents(
     dequantize: bool = False,
     seed: int = 0,
     n_bits: int = 8,
+    desc: str = "extract latents",
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(z float32 [B, D], y int64 [B])`` numpy batches of ``z = f(x)`` in dataset order.
 
     Forward only, under ``torch.inference_mode``; by default without dequantisation noise (the bin
     centre: the latent of the image itself, so latents are a deterministic function of the data).  A generator: the
-    caller (the latents writer) streams it to disk without holding all latents in memory.
+    caller (the latents writer) streams it to disk without holding all latents in memory.  ``desc``
+    names the loop in the progress bar / log lines.
     """
     dev = _flow_device(flow, device)
-    for x, y in iterate_batches(dataset, batch_size, dequantize=dequantize, seed=seed, n_bits=n_bits):
-        with torch.inference_mode():
-            z, _ = flow(x.to(dev))
-        yield z.float().cpu().numpy(), y.numpy().astype(np.int64, copy=False)
+    with progress(total=len(dataset), desc=desc, unit="img", logger=log) as bar:  # type: ignore[arg-type]
+        for x, y in iterate_batches(dataset, batch_size, dequantize=dequantize, seed=seed, n_bits=n_bits):
+            with torch.inference_mode():
+                z, _ = flow(x.to(dev))
+            yield z.float().cpu().numpy(), y.numpy().astype(np.int64, copy=False)
+            bar.update(int(y.numel()))
 
 
 def latent_class_stats(
@@ -166,7 +177,7 @@ def latent_class_stats(
     dim = int(np.prod(flow.image_shape))
     acc = StatsAccumulator(num_classes, dim, full=full)  # full: second moments for fpi_full
     for z, y in extract_latents(flow, dataset, batch_size=batch_size, device=device, dequantize=dequantize,
-                                seed=seed, n_bits=n_bits):
+                                seed=seed, n_bits=n_bits, desc="latent class statistics"):
         acc.update(torch.from_numpy(z), torch.from_numpy(y))
     return acc.finalize()
 
@@ -197,7 +208,7 @@ def sample_images(
     labels = torch.as_tensor(labels, dtype=torch.int64).cpu()
     cpu_prior = prior.to("cpu")
     out = []
-    for start in range(0, labels.numel(), batch_size):
+    for start in progress(range(0, labels.numel(), batch_size), desc="sample", unit="batch", logger=log):
         y = labels[start : start + batch_size]
         z = cpu_prior.sample(y, temperature=temperature, generator=generator)
         x = flow.inverse(z.to(dev, torch.float32))

@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
         path = out / f"{split}.{cfg.format}"
         rows = write_latents(
             path, extract_latents(flow, data.dataset(split), batch_size=cfg.batch_size, device=device,
-                                  dequantize=cfg.dequantize, seed=cfg.seed, n_bits=trained.n_bits),
+                                  dequantize=cfg.dequantize, seed=cfg.seed, n_bits=trained.n_bits,
+                                  desc=f"extract {split}"),
             dim=flow.latent_dim, split=split, num_rows=n, row_group_size=cfg.row_group_size,
         )
         dt = time.perf_counter() - t0

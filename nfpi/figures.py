@@ -7,6 +7,7 @@ they can be called from stage modules, notebooks and tests alike.  Matplotlib ru
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from nfpi.io import atomic_path  # noqa: E402
+from nfpi.progress import progress  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 __all__ = ["sample_grid", "tsne_embed", "tsne_panels", "augmentation_figure", "training_curves", "save_figure",
            "lambda_path_figure"]
@@ -67,13 +71,32 @@ def sample_grid(
     save_figure(fig, path)
 
 
-def tsne_embed(x: np.ndarray, *, seed: int = 0, perplexity: float = 30.0, n_jobs: int = 1) -> np.ndarray:
-    """2-D openTSNE embedding of ``x`` [N, d] (PCA initialisation, deterministic given ``seed``)."""
+def tsne_embed(x: np.ndarray, *, seed: int = 0, perplexity: float = 30.0, n_jobs: int = 1,
+               desc: str = "t-SNE") -> np.ndarray:
+    """2-D openTSNE embedding of ``x`` [N, d] (PCA initialisation, deterministic given ``seed``).
+
+    Progress (iterations of both optimisation phases, with the KL divergence) comes from openTSNE's
+    callbacks every ``_TSNE_CALLBACK_EVERY`` iterations; a callback only reads, so the embedding is
+    the same as without it.
+    """
     from openTSNE import TSNE
 
     perplexity = float(min(perplexity, max(5.0, (len(x) - 1) / 3)))
-    emb = TSNE(perplexity=perplexity, initialization="pca", random_state=seed, n_jobs=n_jobs, verbose=False)
-    return np.asarray(emb.fit(np.asarray(x, dtype=np.float64)))
+    emb = TSNE(perplexity=perplexity, initialization="pca", random_state=seed, n_jobs=n_jobs, verbose=False,
+               callbacks_every_iters=_TSNE_CALLBACK_EVERY)
+    with progress(total=int(emb.early_exaggeration_iter) + int(emb.n_iter), desc=desc, unit="it", logger=log) as bar:
+
+        def report(iteration: int, error: float, embedding: object) -> bool:
+            bar.update(_TSNE_CALLBACK_EVERY)
+            bar.set(kl=float(error))
+            return False  # never stop early
+
+        emb.callbacks = [report]
+        return np.asarray(emb.fit(np.asarray(x, dtype=np.float64)))
+
+
+#: openTSNE evaluates the KL divergence at callback iterations only; every 25 of 750 keeps that cheap.
+_TSNE_CALLBACK_EVERY = 25
 
 
 def tsne_panels(

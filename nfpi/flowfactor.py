@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nfpi.progress import progress
+
 __all__ = [
     "TRANSFORMATIONS",
     "FlowFactorConfig",
@@ -808,7 +810,9 @@ def train_potentials(latents: Tensor, cfg: FlowFactorConfig, *, log_prior: Tenso
     pooled_lp = log_prior.reshape(K * N, T1)[perm] if weak and log_prior is not None else None
     history: list[dict[str, float]] = []
     t_start = time.perf_counter()
-    for it in range(1, cfg.iterations + 1):
+    bar = progress(range(1, cfg.iterations + 1), desc=f"flowfactor potentials ({'weak' if weak else 'supervised'})",
+                   unit="step", logger=log)
+    for it in bar:
         if weak:
             idx = torch.randint(0, K * N, (cfg.batch_size * K,), generator=gen)
             batch = pooled[idx]  # type: ignore[index]
@@ -832,6 +836,7 @@ def train_potentials(latents: Tensor, cfg: FlowFactorConfig, *, log_prior: Tenso
                    "init": float(terms.init), "density": float(terms.density),
                    "seconds": time.perf_counter() - t_start}
             history.append(rec)
+            bar.set(loss=rec["loss"], match=rec["match"], hj=rec["hj"])
             log.info("flowfactor step %d: loss %.4g match %.4g hj %.3g density %.3g", it, rec["loss"],
                      rec["match"], rec["hj"], rec["density"])
             if on_log is not None:

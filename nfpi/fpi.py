@@ -32,6 +32,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from nfpi.progress import progress
+
 __all__ = [
     "ClassStats",
     "StatsAccumulator",
@@ -640,45 +642,49 @@ def _drive(
     if not math.isfinite(res):
         return x, 0, "diverged", fail("the first update is not finite (A <= 0 in Eq. 6?)", 0), history
     best, step, bound_run = res, float(o.step_init), 0
-    for it in range(1, o.max_iter + 1):
-        if res <= o.tol:
-            return x, it - 1, "converged", f"residual {res:.3g} <= tol {o.tol:g}", history
-        backtracks = 0
-        while True:
-            x_new = relax(x, ev, step)
-            ev_new = evaluate(x_new)
-            res_new = residual(x_new, ev_new)
-            if o.step_control == "none":
-                accepted = math.isfinite(res_new)
-                break
-            if math.isfinite(res_new) and (res_new < res or ev_new.objective(ev.pi_value) <= obj):
-                accepted = True
-                break
-            backtracks += 1
-            step *= o.step_shrink
-            if backtracks > o.max_backtracks or step < o.step_min:
-                accepted = False
-                break
-        if not accepted:
-            history.append({"objective": float("nan"), "residual": res_new, "step": step, "backtracks": float(backtracks)})
-            reason = (
-                "the update is not finite"
-                if o.step_control == "none"
-                else f"no relaxation step >= {o.step_min:g} lowers the residual or the objective"
-            )
-            return x, it - 1, "diverged", fail(reason, it), history
-        x, ev, res, obj = x_new, ev_new, res_new, ev_new.objective()
-        history.append({"objective": obj, "residual": res, "step": step, "backtracks": float(backtracks)})
-        best = min(best, res)
-        if res > o.divergence_factor * best:
-            return x, it, "diverged", fail(f"residual grew to {res:.3g}, {o.divergence_factor:g}x its best {best:.3g}", it), history
-        bound_run = bound_run + 1 if at_bound(x) else 0
-        if bound_run >= o.bound_patience:
-            return x, it, "diverged", fail(
-                f"variances pinned at the bounds for {bound_run} iterations (objective unbounded?)", it
-            ), history  # fmt: skip
-        if o.step_control == "backtrack":
-            step = min(1.0, step * o.step_grow)
+    # a bar on a terminal, rate-bounded log lines otherwise (nfpi.progress); every return closes it
+    with progress(total=o.max_iter, desc=f"FPI lam={lam:g} pi={pi}", unit="it", logger=log) as bar:
+        for it in range(1, o.max_iter + 1):
+            if res <= o.tol:
+                return x, it - 1, "converged", f"residual {res:.3g} <= tol {o.tol:g}", history
+            backtracks = 0
+            while True:
+                x_new = relax(x, ev, step)
+                ev_new = evaluate(x_new)
+                res_new = residual(x_new, ev_new)
+                if o.step_control == "none":
+                    accepted = math.isfinite(res_new)
+                    break
+                if math.isfinite(res_new) and (res_new < res or ev_new.objective(ev.pi_value) <= obj):
+                    accepted = True
+                    break
+                backtracks += 1
+                step *= o.step_shrink
+                if backtracks > o.max_backtracks or step < o.step_min:
+                    accepted = False
+                    break
+            if not accepted:
+                history.append({"objective": float("nan"), "residual": res_new, "step": step, "backtracks": float(backtracks)})
+                reason = (
+                    "the update is not finite"
+                    if o.step_control == "none"
+                    else f"no relaxation step >= {o.step_min:g} lowers the residual or the objective"
+                )
+                return x, it - 1, "diverged", fail(reason, it), history
+            x, ev, res, obj = x_new, ev_new, res_new, ev_new.objective()
+            history.append({"objective": obj, "residual": res, "step": step, "backtracks": float(backtracks)})
+            bar.update()
+            bar.set(residual=res, step=step)
+            best = min(best, res)
+            if res > o.divergence_factor * best:
+                return x, it, "diverged", fail(f"residual grew to {res:.3g}, {o.divergence_factor:g}x its best {best:.3g}", it), history
+            bound_run = bound_run + 1 if at_bound(x) else 0
+            if bound_run >= o.bound_patience:
+                return x, it, "diverged", fail(
+                    f"variances pinned at the bounds for {bound_run} iterations (objective unbounded?)", it
+                ), history  # fmt: skip
+            if o.step_control == "backtrack":
+                step = min(1.0, step * o.step_grow)
     if res <= o.tol:
         return x, o.max_iter, "converged", f"residual {res:.3g} <= tol {o.tol:g}", history
     msg = f"reached max_iter={o.max_iter} with residual {res:.3g} > tol {o.tol:g}"
@@ -1058,6 +1064,7 @@ def solve_gd(
     history: list[dict[str, float]] = []
     settings = {"solver": "gd", "lam": lam, "alpha": alpha, "pi": pi, "learn": learn, "init": init, "policy": policy,
                 "optimizer": optimizer, "steps": steps, "lr": lr, "vmin": lo, "vmax": hi}  # fmt: skip
+    bar = progress(total=steps, desc=f"GD lam={lam:g} {policy}", unit="step", logger=log)
     for t in range(steps + 1):
         v = lo + (hi - lo) * torch.sigmoid(theta)
         loss = objective(mu, v, stats, lam=lam, alpha=alpha, pi=pi)
@@ -1078,6 +1085,9 @@ def solve_gd(
         for group in opt.param_groups:
             group["lr"] = cur_lr
         opt.step()
+        bar.update()
+        bar.set(grad=gnorm)
+    bar.close()
     with torch.no_grad():
         v = (lo + (hi - lo) * torch.sigmoid(theta)).clamp_min(lo)
     if not bool(torch.isfinite(mu).all() and torch.isfinite(v).all()):

@@ -53,6 +53,7 @@ import torch
 from torch import Tensor
 
 from nfpi.config import ConfigError
+from nfpi.progress import progress
 
 __all__ = [
     "LatentOTConfig",
@@ -501,7 +502,8 @@ def fit_latent_ot(latents: Tensor, labels: Tensor, num_classes: int, cfg: Latent
     opt = torch.optim.Adam(prior.potential.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.steps, 1), eta_min=cfg.lr * 0.05)
     hist: list[tuple[float, float, float, float]] = []
-    for step in range(cfg.steps):
+    bar = progress(range(cfg.steps), desc="latent OT potentials", unit="step", logger=log)
+    for step in bar:
         x = source_sample(cfg.source, (num_classes, b_src, dim), gen, dtype)
         _, t = _class_batches(grouped_std, b_tgt, gen)
         # POT has no batched exact solver: one small LP per class (each ~1 ms; the network step is batched)
@@ -519,6 +521,7 @@ def fit_latent_ot(latents: Tensor, labels: Tensor, num_classes: int, cfg: Latent
         sched.step()
         w2 = float(np.mean([math.sqrt(2 * s.cost) for s in sols]))
         hist.append((float(loss.detach()), float(value_loss.detach()), float(grad_loss.detach()), w2))
+        bar.set(loss=hist[-1][0], batch_w2=w2)
         if step % 100 == 0 or step == cfg.steps - 1:
             log.info("latent OT step %d/%d: loss %.4g (value %.4g, grad %.4g), batch W2 %.4g",
                      step + 1, cfg.steps, *hist[-1])
@@ -531,7 +534,8 @@ def fit_latent_ot(latents: Tensor, labels: Tensor, num_classes: int, cfg: Latent
     if cfg.semi_discrete_samples > 0:
         g = torch.zeros(num_classes, targets.shape[1], dtype=dtype)
         x = source_sample(cfg.source, (num_classes, cfg.semi_discrete_samples, dim), gen, dtype)
-        for k in range(num_classes):  # one LP per class (POT has no batched exact solver)
+        for k in progress(range(num_classes), desc="latent OT semi-discrete weights", unit="class", logger=log,
+                          leave=False):  # one LP per class (POT has no batched exact solver)
             m_k = int(grouped.counts[k])
             g[k, :m_k] = batch_ot(x[k], targets[k, :m_k]).v
         prior.sd_weights = g.to(device)

@@ -29,6 +29,7 @@ import numpy as np
 
 from nfpi.data import DataError
 from nfpi.io import atomic_path
+from nfpi.progress import progress
 
 if TYPE_CHECKING:
     from nfpi.fpi import ClassStats
@@ -299,7 +300,9 @@ def class_stats(path: str | os.PathLike[str], num_classes: int, *, batch_rows: i
 
     reader = open_latents(path)
     acc = StatsAccumulator(num_classes, reader.dim)
+    bar = progress(total=reader.num_rows, desc=f"class statistics of {reader.path.name}", unit="row", logger=log)
     for z, y in reader.iter_batches(batch_rows):
+        bar.update(len(y))
         if y.size and (y.min() < 0 or y.max() >= num_classes):
             raise LatentError(f"{reader.path}: labels range {y.min()}..{y.max()}, outside 0..{num_classes - 1} "
                               "(num_classes from the prepared data's meta.json); were the latents extracted from "
@@ -307,6 +310,7 @@ def class_stats(path: str | os.PathLike[str], num_classes: int, *, batch_rows: i
         # the float64 copy is the accumulator's own dtype (so no extra work) and is writable, unlike
         # the zero-copy Arrow buffer torch would warn about
         acc.update(torch.from_numpy(z.astype(np.float64)), torch.from_numpy(np.array(y)))
+    bar.close()
     try:
         return acc.finalize()
     except ValueError as exc:  # a class with no latent: name the file, not just the accumulator

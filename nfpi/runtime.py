@@ -1,4 +1,4 @@
-"""Process-level runtime helpers: seeding, device choice, mixed precision, logging, progress bars."""
+"""Process-level runtime helpers: seeding, device choice, mixed precision, logging (progress: nfpi.progress)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,15 @@ import logging
 import os
 import random
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "select_device", "autocast", "setup_logging", "progress", "set_threads", "flush_denormals", "keep_freed_memory", "cpu_has_bf16"]
+from nfpi.progress import progress  # re-exported: the one progress helper lives in nfpi.progress
 
-T = TypeVar("T")
+__all__ = ["seed_everything", "select_device", "autocast", "setup_logging", "progress", "set_threads", "flush_denormals", "keep_freed_memory", "cpu_has_bf16"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -128,17 +127,3 @@ def setup_logging(log_file: str | os.PathLike[str] | None = None, level: int = l
         handlers=handlers,
         force=True,
     )
-
-
-def progress(it: Iterable[T], **kwargs: Any) -> Iterable[T]:
-    """A tqdm bar on a terminal (or with ``NFPI_PROGRESS=1``), otherwise the bare iterable.
-
-    Under Snakemake/SLURM stderr is a log file; a bar redrawn there is noise, so the loops log
-    periodic summary lines instead.
-    """
-    show = sys.stderr.isatty() or os.environ.get("NFPI_PROGRESS") == "1"
-    if not show:
-        return it
-    from tqdm.auto import tqdm
-
-    return tqdm(it, dynamic_ncols=True, **kwargs)

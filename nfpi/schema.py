@@ -357,6 +357,11 @@ def build_schema() -> dict[str, Any]:
                  "description": "replicate seed: added to every stage's own seed (pretrain, finetune, sample, cnn, "
                                 "swin, eva02, augment, extract, ...); the data split (data.split_seed) stays. "
                                 "`make seeds` runs replicates and tabulates their spread"},
+        "container": {"type": "string", "minLength": 1, "default": "nfpi.sif",
+                      "description": "the image every job runs in under `snakemake --sdm apptainer` (ignored "
+                                     "otherwise): a SIF file, relative to the project root (apptainer build nfpi.sif "
+                                     "docker-daemon://nfpi:latest), or a URI apptainer pulls (docker://..., "
+                                     "oras://...); docs/cluster.md"},
         "threads": {"type": "object", "additionalProperties": False, "default": {"train": 2, "other": 1},
                     "description": "CPU threads per job",
                     "properties": {"train": {"type": "integer", "minimum": 1, "default": 2},

@@ -1,7 +1,7 @@
 """Table assembly: every cell traceable to a metrics file, every table stamped with its provenance.
 
 A :class:`Table` holds :class:`Cell` values that remember the metrics file and the dotted key they
-came from.  :func:`write_table` writes Markdown, CSV and LaTeX, plus ``<name>.sources.json``
+came from.  :func:`write_table` writes Markdown, CSV, LaTeX and HTML (the report's page), plus ``<name>.sources.json``
 mapping each cell to its source.  :func:`load_metrics` refuses a metrics file whose lineage config
 hash differs from the one the current config implies (a stale or foreign result), naming the file,
 both hashes and the fix.
@@ -10,6 +10,7 @@ both hashes and the fix.
 from __future__ import annotations
 
 import csv
+import html
 import io
 import os
 from collections.abc import Mapping, Sequence
@@ -19,7 +20,8 @@ from typing import Any
 
 from nfpi.io import atomic_write_json, atomic_write_text, read_json
 
-__all__ = ["Cell", "Table", "ProvenanceError", "load_metrics", "lookup", "cell_from", "write_table"]
+__all__ = ["Cell", "Table", "ProvenanceError", "load_metrics", "lookup", "cell_from", "write_table", "html_page",
+           "html_table"]
 
 
 class ProvenanceError(ValueError):
@@ -138,13 +140,44 @@ def _latex(t: Table) -> str:
     return out.getvalue()
 
 
+#: Style of the HTML pages (Snakemake's report shows them in a frame, so they carry their own).
+_CSS = ("body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.8em 0}"
+        "th,td{border:1px solid #bbb;padding:.3em .7em;text-align:right}th{background:#eef}"
+        "td:first-child,th:first-child{text-align:left}p.stamp,li{color:#555;font-size:.9em}")
+
+
+def html_page(title: str, body: str) -> str:
+    """A self-contained HTML page (escaped ``title``, ``body`` already HTML)."""
+    t = html.escape(title)
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>"
+            f"<style>{_CSS}</style></head>\n<body>\n<h2>{t}</h2>\n{body}</body></html>\n")
+
+
+def html_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """An HTML ``<table>`` of already formatted cells (escaped here)."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>\n" for row in rows)
+    return f"<table>\n<tr>{head}</tr>\n{body}</table>\n"
+
+
+def _html(t: Table) -> str:
+    body = html_table(t.columns, [[c.text() for c in row] for row in t.rows])
+    if t.notes:
+        body += "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in t.notes) + "</ul>\n"
+    if t.stamp:
+        body += f"<p class=\"stamp\">{html.escape(', '.join(f'{k}: {v}' for k, v in t.stamp.items()))}</p>\n"
+    return html_page(t.title, body)
+
+
 def write_table(t: Table, out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Write ``<name>.md``, ``.csv``, ``.tex`` and ``.sources.json`` under ``out_dir``; return the paths."""
+    """Write ``<name>.md``, ``.csv``, ``.tex``, ``.html`` and ``.sources.json`` under ``out_dir``; return the paths."""
     d = Path(out_dir)
-    paths = [d / f"{t.name}.md", d / f"{t.name}.csv", d / f"{t.name}.tex", d / f"{t.name}.sources.json"]
+    paths = [d / f"{t.name}.md", d / f"{t.name}.csv", d / f"{t.name}.tex", d / f"{t.name}.sources.json",
+             d / f"{t.name}.html"]
     atomic_write_text(paths[0], _markdown(t))
     atomic_write_text(paths[1], _csv(t))
     atomic_write_text(paths[2], _latex(t))
+    atomic_write_text(paths[4], _html(t))  # the page of the Snakemake report
     sources = [
         {"row": i, "column": t.columns[j], "value": c.value, "source": c.source, "key": c.key}
         for i, row in enumerate(t.rows) for j, c in enumerate(row) if c.source

@@ -6,12 +6,14 @@
 Its config slice is the whole config: a table depends on everything upstream, and checking each
 metrics file's lineage hash against the current config needs it.  Each table is written as
 Markdown, CSV and LaTeX with a sources file; ``tables/README.md`` gathers them and
-``summary.json`` holds the headline numbers.
+``summary.json`` and ``summary.html`` (the report's results summary page) hold the headline numbers, the
+config hash and the git revision.
 """
 
 from __future__ import annotations
 
 import csv
+import html
 import logging
 from collections.abc import Mapping
 from importlib import resources
@@ -147,6 +149,54 @@ def _aug_table(cfg: Mapping[str, Any], r: Path, which: str, stamp: dict[str, str
                  ["Training set", "Params (M)", "Top-1 test (%)", "Top-5 test (%)", "Train images"], rows, notes, stamp)
 
 
+def headline(cfg: Mapping[str, Any], r: Path, which: Mapping[str, list[str]]) -> list[tuple[str, Cell]]:
+    """The run's headline numbers: NF-Acc (test) of Baseline 1 and NFPI, NFPI's gain, and a CNN-Acc.
+
+    Read from the same metrics files as the tables (lineage-checked); a number whose experiment the
+    config turns off is left out.
+    """
+    rows: list[tuple[str, Cell]] = []
+    evaluated = {s for t in which.values() for s in t}
+    acc: dict[str, Any] = {}
+    for s, label in (("baseline1", "NF-Acc test, Baseline 1 (%)"), ("nfpi", "NF-Acc test, NFPI (%)")):
+        if s in evaluated:
+            f = r / "metrics" / f"{s}.json"
+            cell = cell_from(load_metrics(f, lineage_hash(cfg, s, "evaluate")), f, "test.nf_acc", scale=PCT)
+            acc[s] = cell.value
+            rows.append((label, cell))
+    if isinstance(acc.get("baseline1"), float) and isinstance(acc.get("nfpi"), float):
+        rows.append(("NFPI - Baseline 1 (points)", Cell(acc["nfpi"] - acc["baseline1"], fmt="{:+.2f}")))
+    # CNN-Acc (a classifier trained on samples only) exists for the settings of Tables 2-3: NFPI's own,
+    # else that of Table 2's lambda selected on validation NF-Acc
+    cnn_settings = set(which.get("table2", [])) | set(which.get("table3", []))
+    pick, label = ("nfpi", "CNN-Acc test, NFPI (%)") if "nfpi" in cnn_settings else (None, "")
+    if pick is None and which.get("table2"):
+        lams = list(cfg["experiments"]["lambdas"])
+        val = [lookup(load_metrics(r / "metrics" / f"{s}.json", lineage_hash(cfg, s, "evaluate")), "val.nf_acc")
+               for s in which["table2"]]
+        best = max(range(len(lams)), key=lambda i: val[i] if val[i] is not None else -1.0)
+        pick, label = which["table2"][best], f"CNN-Acc test, NFPI lambda={lams[best]:g} (best val, Table 2) (%)"
+    if pick is not None:
+        f = r / "cnn" / f"{pick}.json"
+        rows.append((label, cell_from(load_metrics(f, lineage_hash(cfg, pick, "sample", "cnn")), f, "test.top1",
+                                      scale=PCT)))
+    return rows
+
+
+def summary_page(cfg: Mapping[str, Any], head: list[tuple[str, Cell]], stamp: Mapping[str, str],
+                 tables: list[Table]) -> str:
+    """The report's results summary: headline numbers, the run's config hash and git revision, the tables."""
+    from nfpi.tables import html_page, html_table
+
+    body = "<h3>Headline numbers</h3>\n" + html_table(["Quantity", "Value", "Source"],
+                                                       [[q, c.text(), c.source or "-"] for q, c in head])
+    run = [["run", str(cfg.get("run"))], ["dataset", str(cfg["data"]["name"])],
+           ["config hash", stamp["config hash"]], ["git revision", stamp["git"]], ["nfpi", stamp["nfpi"]]]
+    body += "<h3>Run</h3>\n" + html_table(["", ""], run)
+    body += "<h3>Tables</h3>\n<ul>" + "".join(f"<li>{html.escape(t.title)}</li>" for t in tables) + "</ul>\n"
+    return html_page(f"Results summary: {cfg.get('run')} ({cfg['data']['name']})", body)
+
+
 def main(argv: list[str] | None = None) -> None:
     import json
 
@@ -176,7 +226,10 @@ def main(argv: list[str] | None = None) -> None:
         log.info("wrote %s", out / f"{t.name}.md")
     atomic_write_text(out / "README.md", rows_markdown(tables))
     summary = {t.name: [[c.text() for c in row] for row in t.rows] for t in tables}
-    atomic_write_json(r / "summary.json", {"stamp": stamp, "tables": summary})
+    head = headline(cfg, r, which)
+    atomic_write_json(r / "summary.json", {"stamp": stamp, "tables": summary,
+                                           "headline": {q: c.value for q, c in head}})
+    atomic_write_text(r / "summary.html", summary_page(cfg, head, stamp, tables))
     # The whole resolved config (defaults filled in by the schema) beside the results it produced.
     import yaml
 

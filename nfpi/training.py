@@ -708,7 +708,7 @@ def train_flow(
         win_gnorm.fill_(window[1])
         win_steps, win_all, consecutive_bad = int(window[2]), int(window[3]), int(window[4])
     loop_t0 = time.perf_counter()
-    bar = progress(range(start_step, cfg.steps), initial=start_step, total=cfg.steps,
+    bar = progress(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, unit="step", logger=logger,
                    desc=str(record.get("stage", "train")), disable=not info.is_main)
     for step in bar:
         # Global batch -> this rank's contiguous shard; noise/flips for the global batch, then sliced.
@@ -774,8 +774,7 @@ def train_flow(
             if info.is_main:
                 if metrics_path is not None:
                     append_jsonl(metrics_path, rec)
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{loss_nats:.3f}", bpd=f"{rec['bpd']:.3f}", refresh=False)
+                bar.set(loss=loss_nats, bpd=rec["bpd"])
                 logger.info("step %d/%d  loss %.4f nats  %.4f bits/dim  lr %.2e  |g| %.3g  %.0f img/s",
                             done, cfg.steps, loss_nats, rec["bpd"], rec["lr"], rec["grad_norm"], rec["images_per_sec"])
             win_loss.zero_()

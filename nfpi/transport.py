@@ -37,6 +37,7 @@ from torch import Tensor
 
 from nfpi.cli import parse_slices, provenance, stage_parser, start_stage
 from nfpi.io import atomic_path, atomic_write_json
+from nfpi.progress import progress
 from nfpi.latent_ot import (
     LatentOTConfig,
     LatentOTPrior,
@@ -66,7 +67,7 @@ def decode(flow: torch.nn.Module, z: Tensor, *, batch_size: int = 256, device: t
 
     out = []
     with torch.inference_mode():
-        for s in range(0, len(z), batch_size):
+        for s in progress(range(0, len(z), batch_size), desc="decode latents", unit="batch", logger=log):
             x = flow.inverse(z[s:s + batch_size].to(device, torch.float32))
             out.append(postprocess(x.float().cpu(), n_bits=n_bits))
     return torch.cat(out)

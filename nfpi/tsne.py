@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     embedded = []
     for title, pts, lab in panels:
         log.info("t-SNE of %d points for %s", len(pts), title)
-        embedded.append((title, tsne_embed(pts, seed=cfg.seed, perplexity=cfg.perplexity), lab))
+        embedded.append((title, tsne_embed(pts, seed=cfg.seed, perplexity=cfg.perplexity, desc=f"t-SNE {title}"), lab))
     tsne_panels(embedded, args.out, class_names=data.class_names,
                 title=f"Fig. 1: t-SNE of the latent space ({data.meta.get('name', '')})")
     atomic_write_json(str(args.out).removesuffix(".png") + ".json",

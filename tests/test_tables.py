@@ -28,11 +28,14 @@ def test_write_table_formats_and_sources(tmp_path: Path) -> None:
               [[Cell("x"), cell_from(m, str(f), "test.nf_acc", scale=100), Cell(None, note="not reported")]],
               notes=["a note"], stamp={"config hash": "abc"})
     paths = write_table(t, tmp_path / "out")
-    md, csv_path, tex, src = (p.read_text() for p in paths)
+    md, csv_path, tex, src, page = (p.read_text() for p in paths)
     assert "| x | 50.00 | not reported |" in md and "config hash: abc" in md
     rows = list(csv.reader(csv_path.splitlines()))
     assert rows[0] == ["Model", "Acc (%)", "Other"] and float(rows[1][1]) == 50.0
     assert r"A \& B\_1" in tex
+    # the report's page: escaped title, one row, the note and the stamp
+    assert "<title>A &amp; B_1</title>" in page and "<td>x</td><td>50.00</td><td>not reported</td>" in page
+    assert "<li>a note</li>" in page and "config hash: abc" in page
     cells = json.loads(src)["cells"]
     assert cells == [{"row": 0, "column": "Acc (%)", "value": 50.0, "source": str(f), "key": "test.nf_acc"}]
 

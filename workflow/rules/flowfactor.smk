@@ -24,7 +24,8 @@ rule flowfactor:
         history=f"{R}/flowfactor/history.json",
         table_md=f"{R}/tables/flowfactor.md",
         table_csv=f"{R}/tables/flowfactor.csv",
-        figure=f"{R}/figures/flowfactor_trajectories.png",
+        figure=report(f"{R}/figures/flowfactor_trajectories.png", category="Figures",
+                      labels={"figure": "flowfactor trajectories"}),
     params:
         cfg=lambda wc: slices(flowfactor=config["flowfactor"]),
         chash=lambda wc: (lineage_hash(config, "nfpi", "flowfactor") if _flowfactor_flow() == "nfpi"

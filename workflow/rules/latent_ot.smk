@@ -17,7 +17,8 @@ rule latent_ot:
         samples=f"{R}/latent_ot/samples.npz",
         table_md=f"{R}/tables/latent_ot.md",
         table_csv=f"{R}/tables/latent_ot.csv",
-        grid=f"{R}/figures/samples_latent_ot.png",
+        table_html=report(f"{R}/tables/latent_ot.html", category="Tables", labels={"table": "latent OT"}),
+        grid=report(f"{R}/figures/samples_latent_ot.png", category="Figures", labels={"figure": "latent OT samples"}),
     params:
         cfg=lambda wc: slices(latent_ot=config["latent_ot"]),
         chash=lambda wc: lineage_hash(config, "nfpi", "latent_ot"),

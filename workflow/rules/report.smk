@@ -1,4 +1,5 @@
-# Stages: tabulate (Tables 1-6), tsne (Fig. 1), curves (training curves).
+# Stages: tabulate (Tables 1-6 and the results summary), tsne (Fig. 1), curves (training curves).
+# Outputs marked report() make up `snakemake --report` (categories Summary, Tables, Figures, Samples).
 
 
 def _table_inputs(wc):
@@ -10,13 +11,22 @@ def _table_inputs(wc):
     return sorted(set(files))
 
 
+def _table_names():
+    """The tables tabulate writes (as nfpi.tabulate.main decides): 1-3 per experiments, 4 always, 5-6 per model."""
+    names = [t for t in ("table1", "table2", "table3") if t in TABLES] + ["table4"]
+    return names + [t for m, t in (("swin", "table5"), ("eva02", "table6")) if config["experiments"].get(m, True)]
+
+
 rule tabulate:
     input:
         _table_inputs,
     output:
-        report(f"{R}/tables/README.md", category="Tables", labels={"table": "Tables 1-6"}),
+        f"{R}/tables/README.md",
         f"{R}/summary.json",
         f"{R}/config.resolved.yaml",
+        # the report (snakemake --report): a results summary page and one page per table
+        report(f"{R}/summary.html", category="Summary", labels={"page": "Results summary"}),
+        [report(f"{R}/tables/{t}.html", category="Tables", labels={"table": f"Table {t[5:]}"}) for t in _table_names()],
     params:
         cfg=lambda wc: json.dumps(config, sort_keys=True),
         out=f"{R}/tables",
