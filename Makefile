@@ -2,7 +2,8 @@
 #   make run    create .venv, install the pinned dependencies, run the whole pipeline on the embedded
 #               default (sklearn 8x8 digits, CPU): tables and figures under results/digits/
 #   make test   same set-up, then the unit tests and a tiny end-to-end workflow (.test/)
-# Further targets: make test-integration (local SLURM cluster + container; needs root/apt), make report.
+# Further targets: make test-integration (local SLURM cluster + container; needs root/apt), make test-long
+# (real kills, the paper configs at reduced scale, the report in Chromium: what CI adds), make report.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -12,7 +13,7 @@ STAMP  := $(VENV)/.installed
 
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run seeds test test-integration report dag schema clean-results
+.PHONY: setup run seeds test test-long test-integration report dag schema clean-results
 
 $(STAMP): requirements.txt requirements-lock.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,8 +38,14 @@ seeds: setup
 	done
 	$(BIN)/python -m nfpi.spread results/$(RUN) $(foreach s,$(SEEDS),results/$(RUN)_seed$(s)) --out results/$(RUN)/tables
 
+# The unit tests and the tiny end-to-end workflow; the long workflow suites (kill, paper, report) are
+# `make test-long`, which CI runs too.
+LONG := kill or paper or report
 test: setup
-	$(BIN)/python -m pytest -m "not integration" -q
+	$(BIN)/python -m pytest -m "not integration and not ($(LONG))" -q
+
+test-long: setup
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "$(LONG)" -q -p no:cacheprovider
 
 test-integration: setup
 	$(BIN)/python -m pytest -m integration -q -p no:cacheprovider
