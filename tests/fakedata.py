@@ -106,7 +106,7 @@ def write_imagenet_batches(root: Path, size: int, rng: np.random.Generator, n_tr
     """Downsampled-ImageNet batches under ``root`` in the official folders: one
     ``train_data_batch_<i>`` per entry of ``n_train`` (its image count) and ``val_data`` with
     ``n_val`` images; ``fmt`` ``"pickle"`` (the original files) or ``"npz"``.  Labels are 1-based
-    and balanced over ``num_classes``.  Returns ``{"train": [(data, labels_1based)...], "val": (...)}``."""
+    and balanced over ``num_classes`` (the training batches together, and ``val_data``).  Returns ``{"train": [(data, labels_1based)...], "val": (...)}``."""
     root = Path(root)
     d = 3 * size * size
 
@@ -125,8 +125,9 @@ def write_imagenet_batches(root: Path, size: int, rng: np.random.Generator, n_tr
             path.write_bytes(pickle.dumps(entry))
 
     made: dict = {"train": []}
-    for i, n in enumerate(n_train, start=1):
-        y = balanced_labels(n, num_classes, rng)
+    # balanced over all batches together (each batch alone may hold fewer images than classes)
+    y_all = np.split(balanced_labels(sum(n_train), num_classes, rng), np.cumsum(n_train)[:-1])
+    for i, (n, y) in enumerate(zip(n_train, y_all), start=1):
         data = class_images(y, (3, size, size), num_classes, 0, rng).reshape(n, d)
         write(folder_for(i) / f"train_data_batch_{i}", {"data": data, "labels": (y + 1).tolist(),
                                                          "mean": data.mean(0)})

@@ -10,7 +10,8 @@ EVA02 checkpoint written here (the pretrained-file loading path).
 
 Marked ``paper`` (its own CI step: ``pytest -m paper tests/test_paper_configs.py``); each config runs
 in a few minutes on 2 cores.  The wall time of each run is printed and written to
-``$NFPI_PAPER_TIMES`` (a JSON file) when that variable is set.
+``$NFPI_PAPER_TIMES`` (a JSON file) when that variable is set, with the run's CPU seconds (all its
+jobs): on a loaded machine, CPU / 2 is what the run needs of 2 free cores.
 """
 
 from __future__ import annotations
@@ -104,6 +105,15 @@ def _numbers(obj: Any) -> Iterator[float]:
             yield from _numbers(v)
 
 
+def _children_cpu_s() -> float:
+    """CPU seconds (user + system) of every finished child process: the whole Snakemake run, its jobs
+    included (each parent waits for its children), whatever else loads the machine."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def _times_file() -> Path | None:
     p = os.environ.get("NFPI_PAPER_TIMES")
     return Path(p) if p else None
@@ -132,17 +142,19 @@ def paper_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     dry = _snakemake([*common, "-n", "--quiet", "rules"], wd)
     assert dry.returncode == 0, dry.stderr[-4000:]
     planned = _job_stats(dry.stdout)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _children_cpu_s()
     proc = _snakemake(common, wd)
-    run_s = time.perf_counter() - t0
+    run_s, cpu_s = time.perf_counter() - t0, _children_cpu_s() - cpu0
     results = wd / "results" / f"paper_{name}"
     if proc.returncode != 0:
         logs = "\n".join(f"--- {p.name}\n{p.read_text()[-2500:]}" for p in sorted((results / "logs").glob("*.log")))
         raise AssertionError(f"{name}: snakemake failed ({proc.returncode}):\n{proc.stderr[-5000:]}\n{logs[-20000:]}")
-    print(f"\n{name}: data {gen_s:.1f} s, snakemake {run_s:.1f} s, {sum(planned.values())} jobs")
+    print(f"\n{name}: data {gen_s:.1f} s, snakemake {run_s:.1f} s wall, {cpu_s:.1f} s CPU, "
+          f"{sum(planned.values())} jobs")
     if (tf := _times_file()) is not None:
         times = json.loads(tf.read_text()) if tf.is_file() else {}
-        times[name] = {"data_s": round(gen_s, 1), "run_s": round(run_s, 1), "jobs": planned}
+        times[name] = {"data_s": round(gen_s, 1), "run_s": round(run_s, 1), "cpu_s": round(cpu_s, 1),
+                       "jobs": planned}
         tf.write_text(json.dumps(times, indent=1))
     return {"name": name, "wd": wd, "results": results, "planned": planned, "stderr": proc.stderr,
             "common": common, "gpus": gpus}
