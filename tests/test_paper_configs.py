@@ -139,11 +139,12 @@ def paper_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     # --resources leaves out, so they run here on the CPU (torchrun with gloo when gpus > 1).
     gpus = int(yaml.safe_load((PAPER / f"{name}.yaml").read_text()).get("resources", {}).get("gpus", 1))
     common = ["all", "--cores", "2", *cfgs]
+    keep_going = ["--keep-going"]  # a failing job does not hide the failures of independent ones
     dry = _snakemake([*common, "-n", "--quiet", "rules"], wd)
     assert dry.returncode == 0, dry.stderr[-4000:]
     planned = _job_stats(dry.stdout)
     t0, cpu0 = time.perf_counter(), _children_cpu_s()
-    proc = _snakemake(common, wd)
+    proc = _snakemake([*common, *keep_going], wd)
     run_s, cpu_s = time.perf_counter() - t0, _children_cpu_s() - cpu0
     results = wd / "results" / f"paper_{name}"
     if proc.returncode != 0:
