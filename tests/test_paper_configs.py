@@ -148,7 +148,8 @@ def paper_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     run_s, cpu_s = time.perf_counter() - t0, _children_cpu_s() - cpu0
     results = wd / "results" / f"paper_{name}"
     if proc.returncode != 0:
-        logs = "\n".join(f"--- {p.name}\n{p.read_text()[-2500:]}" for p in sorted((results / "logs").glob("*.log")))
+        failed = [p for p in sorted((results / "logs").glob("*.log")) if "Traceback" in p.read_text()]
+        logs = "\n".join(f"--- {p.name}\n{p.read_text()[-2500:]}" for p in failed)
         raise AssertionError(f"{name}: snakemake failed ({proc.returncode}):\n{proc.stderr[-5000:]}\n{logs[-20000:]}")
     print(f"\n{name}: data {gen_s:.1f} s, snakemake {run_s:.1f} s wall, {cpu_s:.1f} s CPU, "
           f"{sum(planned.values())} jobs")
