@@ -109,9 +109,15 @@ def keep_freed_memory(limit_bytes: int = 1 << 30) -> bool:
 
 
 def set_threads(threads: int | None) -> None:
-    """Limit intra-op threads (a Snakemake job gets ``threads`` cores; oversubscription is slow)."""
+    """Limit intra-op threads (a Snakemake job gets ``threads`` cores; oversubscription is slow).
+
+    Under torchrun the job's ``threads`` are shared by its ``LOCAL_WORLD_SIZE`` processes on the node,
+    so each process takes its share (at least 1): N processes x ``threads`` threads each oversubscribed
+    the cores (a 2-process CPU pretraining used 25x the CPU time of one process).
+    """
     if threads:
-        torch.set_num_threads(int(threads))
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+        torch.set_num_threads(max(1, int(threads) // local))
 
 
 def setup_logging(log_file: str | os.PathLike[str] | None = None, level: int = logging.INFO) -> None:

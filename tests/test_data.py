@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fakedata import write_cifar, write_idx, write_imagenet_batches
 from nfpi.config import from_mapping
 from nfpi.data import SPLITS, DataConfig, DataError, PreparedData, prepare_dataset, stratified_carve
 
@@ -272,32 +272,9 @@ def test_killed_or_failed_rerun_leaves_no_complete_marker(tmp_path: Path) -> Non
 # CIFAR through torchvision
 
 
-def _cifar(root: Path, name: str, rng: np.random.Generator, n_train: int = 8, n_test: int = 10) -> dict:
-    from torchvision import datasets
-
-    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-    k = 10 if name == "cifar10" else 100
-    key = "labels" if name == "cifar10" else "fine_labels"
-    folder = root / cls.base_folder
-    folder.mkdir(parents=True)
-    made: dict = {"train": [], "test": []}
-    for split, files, n in (("train", cls.train_list, n_train), ("test", cls.test_list, n_test)):
-        for fname, _ in files:
-            data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-            labels = rng.integers(0, k, n).tolist()
-            with open(folder / fname, "wb") as fh:
-                pickle.dump({"data": data, key: labels, "batch_label": fname}, fh)
-            made[split].append((data, labels))
-    names = [f"class{i}" for i in range(k)]
-    with open(folder / cls.meta["filename"], "wb") as fh:
-        pickle.dump({cls.meta["key"]: names}, fh)
-    made["names"] = names
-    return made
-
-
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_cifar_pickle_batches(tmp_path: Path, name: str) -> None:
-    made = _cifar(tmp_path / "root", name, np.random.default_rng(3))
+    made = write_cifar(tmp_path / "root", name, np.random.default_rng(3), n_train=8, n_test=10, structured=False)
     cfg = DataConfig(name=name, root=str(tmp_path / "root"), verify_checksums=False, val_fraction=0.0)
     meta = prepare_dataset(cfg, tmp_path / "out")
     p = PreparedData(tmp_path / "out")
@@ -321,21 +298,16 @@ def test_cifar_missing_files(tmp_path: Path) -> None:
 # MNIST idx files through torchvision
 
 
-def _idx(path: Path, arr: np.ndarray) -> None:
-    header = struct.pack(">I", 0x0800 + arr.ndim) + b"".join(struct.pack(">I", s) for s in arr.shape)
-    path.write_bytes(header + arr.astype(np.uint8).tobytes())
-
-
 def test_mnist_idx_files_padded(tmp_path: Path) -> None:
     raw = tmp_path / "root" / "MNIST" / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(4)
     xtr, ytr = rng.integers(0, 256, (50, 28, 28), dtype=np.uint8), np.arange(50) % 10
     xte, yte = rng.integers(0, 256, (20, 28, 28), dtype=np.uint8), np.arange(20) % 10
-    _idx(raw / "train-images-idx3-ubyte", xtr)
-    _idx(raw / "train-labels-idx1-ubyte", ytr)
-    _idx(raw / "t10k-images-idx3-ubyte", xte)
-    _idx(raw / "t10k-labels-idx1-ubyte", yte)
+    write_idx(raw / "train-images-idx3-ubyte", xtr)
+    write_idx(raw / "train-labels-idx1-ubyte", ytr)
+    write_idx(raw / "t10k-images-idx3-ubyte", xte)
+    write_idx(raw / "t10k-labels-idx1-ubyte", yte)
     meta = prepare_dataset(DataConfig(name="mnist", root=str(tmp_path / "root"), val_fraction=0.2),
                            tmp_path / "out", size_multiple=8)
     p = PreparedData(tmp_path / "out")
@@ -355,34 +327,18 @@ def test_mnist_idx_files_padded(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("fmt", ["pickle", "npz"])
 def test_imagenet32_batches(tmp_path: Path, fmt: str) -> None:
-    rng = np.random.default_rng(5)
     root = tmp_path / "root"
-    (root / "Imagenet32_train").mkdir(parents=True)
-    (root / "Imagenet32_val").mkdir()
-    batches = []
-    for i, n in ((1, 30), (2, 20)):
-        d = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": rng.integers(1, 1001, n).tolist(),
-             "mean": np.zeros(3072)}
-        batches.append(d)
-        path = root / "Imagenet32_train" / f"train_data_batch_{i}"
-        if fmt == "npz":
-            np.savez(path.with_suffix(".npz"), **d)
-        else:
-            path.write_bytes(pickle.dumps(d))
-    val = {"data": rng.integers(0, 256, (12, 3072), dtype=np.uint8), "labels": list(range(1, 13))}
-    if fmt == "npz":
-        np.savez(root / "Imagenet32_val" / "val_data.npz", **val)
-    else:
-        (root / "Imagenet32_val" / "val_data").write_bytes(pickle.dumps(val))
+    made = write_imagenet_batches(root, 32, np.random.default_rng(5), [30, 20], 12, fmt=fmt)
+    assert sorted(p.name for p in root.iterdir()) == ["Imagenet32_train", "Imagenet32_val"]
     (root / "map_clsloc.txt").write_text("n01 1 tench\nn02 2 goldfish\n")
     meta = prepare_dataset(DataConfig(name="imagenet32", root=str(root), val_fraction=0.0), tmp_path / "out")
     p = PreparedData(tmp_path / "out")
     assert p.num_classes == 1000 and p.class_names[:3] == ["tench", "goldfish", "2"]
-    x = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32)
-    y = np.concatenate([b["labels"] for b in batches]) - 1  # 1-based in the files
+    x = np.concatenate([d for d, _ in made["train"]]).reshape(-1, 3, 32, 32)
+    y = np.concatenate([lab for _, lab in made["train"]]) - 1  # 1-based in the files
     assert np.array_equal(p.images("train"), x) and np.array_equal(p.labels("train"), y)
-    assert np.array_equal(p.images("test"), val["data"].reshape(-1, 3, 32, 32))
-    assert np.array_equal(p.labels("test"), np.arange(12))
+    assert np.array_equal(p.images("test"), made["val"][0].reshape(-1, 3, 32, 32))
+    assert np.array_equal(p.labels("test"), made["val"][1] - 1)
     assert any("2 of 10" in n for n in meta["notes"])
     # the same files are not 64x64 batches: the message names the file and the expected layout
     with pytest.raises(DataError, match=r"train_data_batch_1.*12288"):
