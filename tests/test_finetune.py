@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from nfpi import finetune, pretrain, solve
+from nfpi import finetune, solve
 from nfpi.config import ConfigError
-from nfpi.data import DataConfig, PreparedData, prepare_dataset
+from nfpi.data import PreparedData
 from nfpi.density import ClassGaussianPrior
 from nfpi.evaluation import latent_class_stats
 from nfpi.finetune import FinetuneConfig, round_steps
@@ -24,10 +24,10 @@ from nfpi.fpi import FPIConfig, solve as fpi_solve
 from nfpi.latents import write_latents
 from nfpi.evaluation import extract_latents
 from nfpi.training import load_trained_flow
+from conftest import tiny_pretrained
 
 torch.set_num_threads(1)
 
-FLOW = {"preset": "digits", "hidden": 8, "steps": 1, "actnorm_per_pixel": False}
 SPEC = {"method": "fpi", "lam": 5.0, "learn": "mean", "init": "identity", "max_iter": 200}
 
 
@@ -48,12 +48,7 @@ def test_rounds_must_fit_the_steps() -> None:
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Prepared digits (capped), a 4-bit pretrained tiny flow, its latents and round-0 Gaussians."""
     root = tmp_path_factory.mktemp("ft")
-    data = root / "data"
-    prepare_dataset(DataConfig(max_train_per_class=12, max_test_per_class=4), data)
-    pre = root / "pretrain.pt"
-    train = {"steps": 8, "batch_size": 16, "warmup_steps": 2, "checkpoint_every": 4, "log_every": 2, "n_bits": 4}
-    pretrain.main(["--config", json.dumps({"flow": FLOW, "train": train}), "--data-dir", str(data),
-                   "--out", str(pre), "--metrics", str(root / "pretrain.json")])
+    data, pre = tiny_pretrained(root)
     trained = load_trained_flow(pre)
     d = PreparedData(data)
     lat = root / "train.parquet"

@@ -18,6 +18,8 @@ from nfpi.config import ConfigError, from_mapping
 from nfpi.fpi import ClassStats, FPIConfig, objective, pairwise_kl, pi_normaliser, solve
 from nfpi.lampath import PathPoint, choose, cold_grid, gaussian_accuracy, geometric_grid, separation, solve_path
 
+from conftest import tiny_pretrained
+
 F64 = torch.float64
 
 
@@ -152,7 +154,6 @@ def test_helpers() -> None:
 
 # ---------------------------------------------------------------- through the stages (solve, lambda_path, finetune)
 
-FLOW = {"preset": "digits", "hidden": 8, "steps": 1, "actnorm_per_pixel": False}
 AUTO = {"method": "fpi", "lam": "auto", "learn": "mean", "init": "identity", "max_iter": 300,
         "path": {"lam_min": 1.0, "lam_max": 1000.0, "points": 4}}
 
@@ -162,20 +163,15 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Capped digits, a tiny 4-bit pretrained flow, its train / val latents, and the NFPI solve under lam: auto."""
     import json
 
-    from nfpi import pretrain, solve as solve_stage
-    from nfpi.data import DataConfig, PreparedData, prepare_dataset
+    from nfpi import solve as solve_stage
+    from nfpi.data import PreparedData
     from nfpi.evaluation import extract_latents
     from nfpi.latents import write_latents
     from nfpi.training import load_trained_flow
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("lampath")
-    data = root / "data"
-    prepare_dataset(DataConfig(max_train_per_class=12, max_test_per_class=4), data)
-    pre = root / "pretrain.pt"
-    train = {"steps": 8, "batch_size": 16, "warmup_steps": 2, "checkpoint_every": 4, "log_every": 2, "n_bits": 4}
-    pretrain.main(["--config", json.dumps({"flow": FLOW, "train": train}), "--data-dir", str(data),
-                   "--out", str(pre), "--metrics", str(root / "pretrain.json")])
+    data, pre = tiny_pretrained(root)
     trained = load_trained_flow(pre)
     d = PreparedData(data)
     lat = {}
