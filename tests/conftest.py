@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,21 +15,3 @@ def _restore_denormals() -> Iterator[None]:
     yield
     torch.set_flush_denormal(False)
 
-
-#: A tiny digits flow (1 step per level, 8 hidden channels): what the stage tests pretrain in seconds.
-TINY_FLOW = {"preset": "digits", "hidden": 8, "steps": 1, "actnorm_per_pixel": False}
-
-
-def tiny_pretrained(root: Path) -> tuple[Path, Path]:
-    """Prepared digits (12 training / 4 test images a class) under ``root/data`` and a 4-bit flow pretrained
-    for 8 steps at ``root/pretrain.pt``, through the stage entry points; returns ``(data_dir, checkpoint)``."""
-    from nfpi import pretrain
-    from nfpi.data import DataConfig, prepare_dataset
-
-    data = root / "data"
-    prepare_dataset(DataConfig(max_train_per_class=12, max_test_per_class=4), data)
-    pre = root / "pretrain.pt"
-    train = {"steps": 8, "batch_size": 16, "warmup_steps": 2, "checkpoint_every": 4, "log_every": 2, "n_bits": 4}
-    pretrain.main(["--config", json.dumps({"flow": TINY_FLOW, "train": train}), "--data-dir", str(data),
-                   "--out", str(pre), "--metrics", str(root / "pretrain.json")])
-    return data, pre

@@ -24,7 +24,7 @@ from nfpi.fpi import FPIConfig, solve as fpi_solve
 from nfpi.latents import write_latents
 from nfpi.evaluation import extract_latents
 from nfpi.training import load_trained_flow
-from conftest import tiny_pretrained
+from tinyflow import tiny_pretrained
 
 torch.set_num_threads(1)
 

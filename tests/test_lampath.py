@@ -18,7 +18,7 @@ from nfpi.config import ConfigError, from_mapping
 from nfpi.fpi import ClassStats, FPIConfig, objective, pairwise_kl, pi_normaliser, solve
 from nfpi.lampath import PathPoint, choose, cold_grid, gaussian_accuracy, geometric_grid, separation, solve_path
 
-from conftest import tiny_pretrained
+from tinyflow import tiny_pretrained
 
 F64 = torch.float64
 
