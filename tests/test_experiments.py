@@ -68,3 +68,25 @@ def json_key(spec: dict) -> str:
 
     return json.dumps({k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in spec.items()},
                       sort_keys=True)
+
+
+def test_a_setting_depends_only_on_the_keys_that_change_its_solve() -> None:
+    """fpi.alpha is part of the objective (NFPI and GD) but not of Baseline 1 (lambda = 0); the FPI's
+    iteration controls are not part of GD's solve; gd.* is not part of any FPI setting."""
+    specs = {n: s.spec for n, s in settings_from_config(CONFIG).items()}
+
+    def changed(section: str, key: str, value: object) -> set[str]:
+        cfg = copy.deepcopy(CONFIG)
+        cfg[section][key] = value
+        new = {n: s.spec for n, s in settings_from_config(cfg).items()}
+        return {n for n in specs if new[n] != specs[n]}
+
+    gd = {n for n in specs if n.startswith("gd_")}
+    fpi = set(specs) - gd - {"baseline1"}
+    assert changed("fpi", "alpha", 2.0) == fpi | gd
+    assert changed("fpi", "max_iter", 50) == fpi
+    assert changed("fpi", "var_min", 1e-8) == fpi | {"baseline1"}
+    assert changed("gd", "lr", 0.01) == gd
+    cfg = copy.deepcopy(CONFIG)
+    cfg["fpi"]["alpha"] = 2.0
+    assert lineage_hash(CONFIG, "baseline1", "evaluate") == lineage_hash(cfg, "baseline1", "evaluate")

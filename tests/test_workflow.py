@@ -63,6 +63,20 @@ def test_editing_lambda_reruns_only_its_descendants(tiny_run: Path) -> None:
     assert not jobs & {"prepare", "pretrain"}, jobs
 
 
+def test_editing_alpha_leaves_baseline1_alone(tiny_run: Path) -> None:
+    """A setting's spec holds only the keys that change its solve: fpi.alpha is in the objective that
+    NFPI and GD solve, not in Baseline 1 (lambda = 0), whose Gaussians, flow and metrics stay."""
+    base = yaml.safe_load(TINY.read_text())
+    edited = tiny_run / "alpha.yaml"
+    edited.write_text(yaml.safe_dump({**base, "fpi": {**base["fpi"], "alpha": 2.0}}))
+    out = _run(["all", "-n", "--cores", "2", "--configfile", str(edited)], tiny_run).stdout
+    planned = {f.strip().removeprefix("results/tiny/") for line in out.splitlines()
+               if line.strip().startswith("output:") for f in line.split(":", 1)[1].split(",")}
+    assert {"gaussians/nfpi.pt", "gaussians/gd_linear.pt", "flows/nfpi.pt"} <= planned, planned
+    assert not planned & {"gaussians/baseline1.pt", "flows/baseline1.pt", "metrics/baseline1.json",
+                          "flows/pretrain.pt"}, planned
+
+
 def test_misspelt_key_fails_before_any_job(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("run: bad\nfpi:\n  lamda: 3.0\n")
