@@ -57,6 +57,7 @@ rule tables:
     # Tables 1-6 only (what a replicate run of `make seeds` needs), without the figures.
     input:
         f"{R}/tables/README.md",
+        f"{R}/config.resolved.yaml",
 
 
 include: "workflow/rules/data.smk"

@@ -197,3 +197,15 @@ def lineage(config: Mapping[str, Any], setting: str | None = None, *sections: st
 def lineage_hash(config: Mapping[str, Any], setting: str | None = None, *sections: str) -> str:
     """Short hash of :func:`lineage`: stamped on metrics files, checked by table assembly."""
     return config_hash(lineage(config, setting, *sections))
+
+
+#: Top-level config sections no table depends on: the figures, the two related methods (they write their
+#: own tables), and where / how jobs run.  ``tabulate`` receives the config without them, so editing one
+#: of them does not rebuild the tables.
+NOT_TABULATED: tuple[str, ...] = ("figures", "latent_ot", "flowfactor", "threads", "resources", "container")
+
+
+def tables_slice(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config ``tabulate`` receives: every section a table's numbers, labels or provenance check (the
+    lineage hashes of its metrics files) depend on, and nothing else."""
+    return {k: v for k, v in config.items() if k not in NOT_TABULATED}

@@ -230,10 +230,6 @@ def main(argv: list[str] | None = None) -> None:
     atomic_write_json(r / "summary.json", {"stamp": stamp, "tables": summary,
                                            "headline": {q: c.value for q, c in head}})
     atomic_write_text(r / "summary.html", summary_page(cfg, head, stamp, tables))
-    # The whole resolved config (defaults filled in by the schema) beside the results it produced.
-    import yaml
-
-    atomic_write_text(r / "config.resolved.yaml", f"# config hash {stamp['config hash']}\n" + yaml.safe_dump(cfg))
 
 
 if __name__ == "__main__":

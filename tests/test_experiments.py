@@ -90,3 +90,18 @@ def test_a_setting_depends_only_on_the_keys_that_change_its_solve() -> None:
     cfg = copy.deepcopy(CONFIG)
     cfg["fpi"]["alpha"] = 2.0
     assert lineage_hash(CONFIG, "baseline1", "evaluate") == lineage_hash(cfg, "baseline1", "evaluate")
+
+
+def test_tabulate_receives_only_what_the_tables_depend_on() -> None:
+    from nfpi.experiments import tables_slice
+
+    base = tables_slice(CONFIG)
+    assert "fpi" in base and "experiments" in base and "cnn" in base
+    for section, key, value in (("figures", "tsne_per_class", 7), ("latent_ot", "steps", 3),
+                                ("flowfactor", "iterations", 5), ("threads", "other", 2)):
+        cfg = copy.deepcopy(CONFIG)
+        cfg.setdefault(section, {})[key] = value
+        assert tables_slice(cfg) == base, (section, key)
+    cfg = copy.deepcopy(CONFIG)
+    cfg["fpi"]["max_iter"] = 50  # the NFPI settings' lineage: the tables check those hashes
+    assert tables_slice(cfg) != base

@@ -43,7 +43,7 @@ CONFIGS = ("mnist", "cifar10", "cifar100", "imagenet32", "imagenet64")
 
 #: Every rule of the pipeline; each paper config enables all of them.
 RULES = {"prepare", "pretrain", "extract", "solve", "finetune", "evaluate", "sample", "cnn", "nfaugment",
-         "swin", "eva02", "tsne", "curves", "tabulate", "latent_ot", "flowfactor"}
+         "swin", "eva02", "tsne", "curves", "tabulate", "resolved_config", "latent_ot", "flowfactor"}
 
 #: A tiny timm EVA02 (one block at 28 px): the architecture the imagenet overrides name in
 #: ``eva02.model_kwargs``, saved as a plain state dict as timm / torch checkpoints are.

@@ -63,9 +63,10 @@ def test_editing_lambda_reruns_only_its_descendants(tiny_run: Path) -> None:
     assert not jobs & {"prepare", "pretrain"}, jobs
 
 
-def test_editing_alpha_leaves_baseline1_alone(tiny_run: Path) -> None:
+def test_editing_alpha_leaves_baseline1_alone_and_figures_leave_the_tables(tiny_run: Path) -> None:
     """A setting's spec holds only the keys that change its solve: fpi.alpha is in the objective that
-    NFPI and GD solve, not in Baseline 1 (lambda = 0), whose Gaussians, flow and metrics stay."""
+    NFPI and GD solve, not in Baseline 1 (lambda = 0), whose Gaussians, flow and metrics stay; tabulate
+    receives only what the tables depend on, so a figure setting does not rebuild them."""
     base = yaml.safe_load(TINY.read_text())
     edited = tiny_run / "alpha.yaml"
     edited.write_text(yaml.safe_dump({**base, "fpi": {**base["fpi"], "alpha": 2.0}}))
@@ -75,6 +76,13 @@ def test_editing_alpha_leaves_baseline1_alone(tiny_run: Path) -> None:
     assert {"gaussians/nfpi.pt", "gaussians/gd_linear.pt", "flows/nfpi.pt"} <= planned, planned
     assert not planned & {"gaussians/baseline1.pt", "flows/baseline1.pt", "metrics/baseline1.json",
                           "flows/pretrain.pt"}, planned
+    # a key no table depends on: the figure and the resolved-config record, not the tables
+    edited.write_text(yaml.safe_dump({**base, "figures": {**base.get("figures", {}), "tsne_per_class": 7}}))
+    out = _run(["all", "-n", "--cores", "2", "--configfile", str(edited)], tiny_run).stdout
+    planned = {f.strip().removeprefix("results/tiny/") for line in out.splitlines()
+               if line.strip().startswith("output:") for f in line.split(":", 1)[1].split(",")}
+    assert "figures/fig1_tsne.png" in planned and "config.resolved.yaml" in planned, planned
+    assert "tables/README.md" not in planned and not any(f.startswith(("flows/", "metrics/")) for f in planned)
 
 
 def test_misspelt_key_fails_before_any_job(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(workflow.basedir, "profiles", "slurm"))
 from preflight import check_workflow as slurm_preflight  # noqa: E402
 
 from nfpi.config import from_mapping
-from nfpi.experiments import lineage_hash, settings_from_config, table_settings
+from nfpi.experiments import lineage_hash, settings_from_config, table_settings, tables_slice
 from nfpi.flows import FlowConfig, resolve_preset
 
 RUN = config["run"]
@@ -87,7 +87,7 @@ def cpu_resources(kind="cpu"):
 
 
 def all_targets():
-    t = [f"{R}/tables/README.md", f"{R}/figures/fig1_tsne.png", f"{R}/figures/fig2_augment.png",
+    t = [f"{R}/tables/README.md", f"{R}/config.resolved.yaml", f"{R}/figures/fig1_tsne.png", f"{R}/figures/fig2_augment.png",
          f"{R}/figures/training_curves.png"]
     t += [f"{R}/figures/samples_{s}.png" for s in SETTINGS if s in ("baseline1", "nfpi")]
     if config["fpi"].get("lam") == "auto":
