@@ -68,7 +68,11 @@ def _local_rules_under_slurm(tmp_path: Path, overlay: dict) -> list[str]:
 
 @pytest.mark.parametrize("download", [True, False])
 def test_under_slurm_prepare_runs_on_the_submit_host_only_when_it_downloads(tmp_path: Path, download: bool) -> None:
-    local = _local_rules_under_slurm(tmp_path, {"run": "dl", "data": {"download": download}})
+    root = tmp_path / "cifar"
+    if not download:  # the workflow checks at start-up that the files are there (nfpi.validation)
+        (root / "cifar-10-batches-py").mkdir(parents=True)
+    local = _local_rules_under_slurm(tmp_path, {"run": "dl", "data": {"name": "cifar10", "root": str(root),
+                                                                      "download": download}})
     assert ("prepare" in local) is download
     assert "pretrain" not in local and "swin" not in local  # the compute stays on the cluster
     assert {"all", "tables"} <= set(local)  # rules without a command are local anyway
