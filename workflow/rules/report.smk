@@ -49,6 +49,8 @@ rule resolved_config:
         cfg=lambda wc: json.dumps(config, sort_keys=True),
     log:
         f"{R}/logs/resolved_config.log",
+    benchmark:
+        f"{R}/benchmarks/resolved_config.tsv",
     threads: 1
     resources:
         **cpu_resources(),
