@@ -119,19 +119,16 @@ def gaussian_accuracy(means: torch.Tensor, variances: torch.Tensor, z: torch.Ten
                       *, chunk: int = 8192) -> float:
     """Fraction of ``z`` whose ``argmax_y log N(z; mu_y, v_y)`` is its label ``y`` (NF-Acc of a prior on latents).
 
-    ``log N`` for all classes at once is three matrix products (``z^2 @ (1/v)^T - 2 z @ (mu/v)^T`` plus
-    a per-class constant), in float64, chunked so memory stays O(chunk x (d + K)).
+    :meth:`nfpi.density.ClassGaussianPrior.classify` (three matrix products for all classes at once), in
+    float64, chunked so memory stays O(chunk x (d + K)).
     """
+    from nfpi.density import ClassGaussianPrior
+
     if z.shape[0] == 0:
         return math.nan
-    inv_v = 1.0 / variances.to(DTYPE)
-    mu_inv_v = means.to(DTYPE) * inv_v
-    const = (means.to(DTYPE) * mu_inv_v).sum(1) + torch.log(variances.to(DTYPE)).sum(1)
-    correct = 0
-    for s in range(0, z.shape[0], chunk):
-        zc = z[s:s + chunk].to(DTYPE)
-        score = 2.0 * (zc @ mu_inv_v.T) - (zc * zc) @ inv_v.T - const  # = 2 log N + constant
-        correct += int((score.argmax(1) == y[s:s + chunk].to(torch.long)).sum())
+    prior = ClassGaussianPrior(means.to(DTYPE), variances.to(DTYPE))
+    correct = sum(int((prior.classify(z[s:s + chunk].to(DTYPE)) == y[s:s + chunk].to(torch.long)).sum())
+                  for s in range(0, z.shape[0], chunk))
     return correct / z.shape[0]
 
 

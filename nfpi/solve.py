@@ -25,7 +25,7 @@ import torch
 
 from nfpi.cli import provenance, stage_parser, start_stage
 from nfpi.config import ConfigError, from_mapping
-from nfpi.io import atomic_path, atomic_write_json
+from nfpi.io import atomic_path, atomic_write_json, read_json
 
 log = logging.getLogger("nfpi.solve")
 
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
             if not args.lam_from:
                 raise ConfigError(f"setting {args.name or '?'}: fpi.lam: auto with method {spec.get('method')!r} takes "
                                   "the lambda the NFPI setting's path chose: pass --lam-from <gaussians/nfpi.json>")
-            spec = {**spec, "lam": float(json.loads(open(args.lam_from).read())["lam"])}
+            spec = {**spec, "lam": float(read_json(args.lam_from)["lam"])}
             log.info("lam: auto: lambda=%g, as chosen by the lambda path in %s", spec["lam"], args.lam_from)
         result = solve_setting(stats, spec)
     t_solve = time.perf_counter() - t0
