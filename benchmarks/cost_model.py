@@ -41,6 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DOC = ROOT / "docs" / "cost-model.md"
+# the committed report of the run on an H200 (docs/benchmarks.md, "GPU"); --measured takes another
+MEASURED = ROOT / "docs" / "bench" / "gpu-check-h200-run2.json"
 PAPER_CONFIGS = ("cifar10", "cifar100", "mnist", "imagenet32", "imagenet64")
 
 
@@ -101,8 +103,9 @@ def resolved_config(name: str) -> dict[str, Any]:
 def inputs_digest(configs: dict[str, dict[str, Any]]) -> str:
     """What the doc depends on: the resolved configs, the flow presets and this script."""
     h = hashlib.sha256(json.dumps(configs, sort_keys=True, default=str).encode())
-    for path in (ROOT / "nfpi" / "flows" / "presets.py", Path(__file__).resolve()):
-        h.update(path.read_bytes())
+    for path in (ROOT / "nfpi" / "flows" / "presets.py", Path(__file__).resolve(), MEASURED):
+        if path.exists():
+            h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -410,7 +413,8 @@ def render(results: list[dict[str, Any]], digest: str, measured: dict[str, Any] 
     ]
     if measured:
         lines += ["", f"Measured rates ({measured['source']}): training {measured['train']:.1f} images/s (bf16), "
-                  f"extraction {measured['extract']:.1f} images/s, on {measured['gpu']}."]
+                  f"extraction {measured['extract']:.1f} images/s, at batch {measured['batch']} on {measured['gpu']}, "
+                  "CIFAR preset. Other presets are charged the CIFAR rate scaled by their FLOPs per image."]
     for r in results:
         cfg, n, fl, shape = r["config"], r["splits"], r["flops"], r["shape"]
         lines += ["", f"## {r['name']} (`config/{r['name']}.yaml`)", "",
@@ -428,8 +432,14 @@ def render(results: list[dict[str, Any]], digest: str, measured: dict[str, Any] 
         if measured:
             head += " GPU-h at measured rate |"
         lines += [head, "|" + " --- |" * (head.count("|") - 1)]
-        stage_list = stages(cfg, r["jobs"], fl, n, measured)
-        total = 0.0
+        scaled = None
+        if measured:
+            # the rates were measured on the CIFAR preset: another flow runs at that rate times the ratio of
+            # FLOPs per image (same kernels, a different size; an estimate, stated in the doc)
+            ratio = {k: measured["cifar_flops"][k] / fl["flow"][k] for k in ("train", "forward")}
+            scaled = {"train": measured["train"] * ratio["train"], "extract": measured["extract"] * ratio["forward"]}
+        stage_list = stages(cfg, r["jobs"], fl, n, scaled)
+        total = measured_h = 0.0
         for s in stage_list:
             total += s.total
             row = (f"| {s.name} | {s.jobs} | {s.images:,} | {_fmt_epochs(s.epochs)} | {s.what} | {_fmt_flops(s.flops)} | "
@@ -437,9 +447,11 @@ def render(results: list[dict[str, Any]], digest: str, measured: dict[str, Any] 
             if measured:
                 rate = s.measured_images_per_s
                 row += f" {_fmt_h(s.jobs * s.images * s.epochs / rate / 3600)} |" if rate else " |"
+                measured_h += s.jobs * s.images * s.epochs / rate / 3600 if rate else 0.0
             lines.append(row)
         lines.append(f"| **all** | {sum(s.jobs for s in stage_list)} | | | | | **{total / 1e15:,.1f}** |"
-                     + "".join(f" **{_fmt_h(gpu_hours(total, p))}** |" for p in GPUS.values()) + (" |" if measured else ""))
+                     + "".join(f" **{_fmt_h(gpu_hours(total, p))}** |" for p in GPUS.values())
+                     + (f" **{_fmt_h(measured_h)}** (flow stages) |" if measured else ""))
         if "eva02_paper" in fl:
             e, ep = fl["eva02"], fl["eva02_paper"]
             eva = [s for s in stage_list if s.name.startswith("eva02")]
@@ -460,7 +472,12 @@ def measured_rates(path: Path) -> dict[str, Any]:
     if not sec["ok"] or rep.get("smoke"):
         raise SystemExit(f"{path}: the throughput section did not pass at full size (ok={sec['ok']}, smoke={rep.get('smoke')})")
     gpus = rep["environment"].get("gpus") or [{"name": rep["device"]}]
-    return {"train": sec["metrics"]["train_bf16"]["images_per_s"], "extract": sec["metrics"]["extract_fp32"]["images_per_s"],
+    met = sec["metrics"]
+    # the rate at the paper's batch when the report has it (a flow of many small kernels is launch-bound at
+    # batch 64 on a large GPU: 6x fewer images/s on an H200), else the batch-64 rows of older reports
+    suffix = next((k[len("train_bf16"):] for k in met if k.startswith("train_bf16_b")), "")
+    train, extract = met[f"train_bf16{suffix}"], met.get(f"extract_fp32{suffix}", met["extract_fp32"])
+    return {"train": train["images_per_s"], "extract": extract["images_per_s"], "batch": train["batch"],
             "gpu": gpus[0]["name"], "source": path.name}
 
 
@@ -468,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=DOC)
     ap.add_argument("--check", action="store_true", help="exit 1 if --out was generated from other inputs")
-    ap.add_argument("--measured", type=Path, default=None, help="a scripts/gpu-check report (full size, on a GPU)")
+    ap.add_argument("--measured", type=Path, default=MEASURED if MEASURED.exists() else None,
+                    help=f"a scripts/gpu-check report (full size, on a GPU); default {MEASURED.relative_to(ROOT)}")
     ap.add_argument("--configs", nargs="+", default=list(PAPER_CONFIGS))
     args = ap.parse_args(argv)
     digest = inputs_digest({c: resolved_config(c) for c in args.configs})
@@ -480,8 +498,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    measured = measured_rates(args.measured) if args.measured else None
     results = [analyse(c) for c in args.configs]
+    measured = None
+    if args.measured:
+        measured = measured_rates(args.measured)
+        cifar = next((r for r in results if r["name"] == "cifar10"), None) or analyse("cifar10")
+        measured["cifar_flops"] = {k: cifar["flops"]["flow"][k] for k in ("train", "forward")}
     from nfpi.io import atomic_write_text
 
     atomic_write_text(args.out, render(results, digest, measured))

@@ -93,10 +93,16 @@ def test_measured_rates_add_hours_at_the_measured_images_per_second(tmp_path: Pa
     fl = {k: {"forward": 1e9, "train": 3e9, "inverse": 1e9, "params": 1} for k in ("flow", "cnn", "swin", "eva02")}
     result = {"name": "cifar10", "config": cfg, "shape": (3, 32, 32), "splits": cost_model.split_sizes(cfg),
               "flops": fl, "jobs": {"pretrain": 1, "extract": 1}}
-    text = cost_model.render([result], "digest", measured)
-    pretrain = next(line for line in text.splitlines() if line.startswith("| pretrain |"))
+    # the rates were measured on the CIFAR preset (main() adds its FLOPs); a flow with twice the FLOPs per
+    # image is charged half the rate, i.e. twice the hours
+    measured["cifar_flops"] = {"train": 3e9, "forward": 1e9}
     hours = cfg["pretrain"]["steps"] * cfg["pretrain"]["batch_size"] / 500.0 / 3600
-    assert pretrain.rstrip(" |").endswith(f"{hours:,.1f}" if hours >= 1 else f"{hours:.2f}")
+    for scale in (1, 2):
+        fl2 = {**fl, "flow": {k: v * scale for k, v in fl["flow"].items()}}
+        text = cost_model.render([{**result, "flops": fl2}], "digest", measured)
+        pretrain = next(line for line in text.splitlines() if line.startswith("| pretrain |"))
+        h = hours * scale
+        assert pretrain.rstrip(" |").endswith(f"{h:,.1f}" if h >= 1 else f"{h:.2f}")
     assert "GPU-h at measured rate" in text and "<!-- inputs: digest -->" in text
     with pytest.raises(SystemExit, match="full size"):
         cost_model.measured_rates(_report(tmp_path, smoke=True))

@@ -55,13 +55,15 @@ def test_smoke_on_cpu_runs_every_section_and_writes_the_documented_report(tmp_pa
     bf16 = sec["bf16"]["metrics"]
     assert bf16["skipped_steps"] == 0 and bf16["final_loss"] == pytest.approx(bf16["final_loss"])  # finite
     assert bf16["inverse_err_fp32"] < 1e-3 and bf16["bf16_pixels_changed_fraction"] < 1e-3
+    assert bf16["pixels_changed_fraction_cudnn_default"] < 1e-3
     comp = sec["compile"]["metrics"]
     assert comp["backend"] == "aot_eager" and comp["max_abs_latent_diff"] < 1e-3 and comp["compile_s"] > 0
     ddp = sec["ddp"]["metrics"]
     assert ddp["backend"] == "gloo" and ddp["world_size"] == 1 and ddp["env"]["WORLD_SIZE"] == "1"
     assert ddp["all_reduce_ok"] and ddp["ddp_grad_rel_diff"] < 1e-5
     thr = sec["throughput"]["metrics"]
-    assert set(thr) == {"train_bf16", "train_fp32", "extract_fp32"}
+    assert set(thr) == {"train_bf16", "train_fp32", "extract_fp32", "train_bf16_b8", "train_fp32_b8", "extract_fp32_b8"}
+    assert {r["batch"] for r in thr.values()} == {4, 8}  # batch 64 and the paper's 512, at smoke size
     assert all(r["images_per_s"] > 0 and r["peak_gpu_memory_gb"] is None for r in thr.values())
     paper = sec["paper"]["metrics"]
     assert paper["dry_run"] and paper["jobs"]["pretrain"] == 1 and paper["jobs"]["total"] > 1
