@@ -118,8 +118,9 @@ def table4(cfg: Mapping[str, Any], r: Path, stamp: dict[str, str]) -> Table:
                          Cell(row["cifar100"] or None, note="not reported"), Cell(row["model"]), Cell(row["goa"]),
                          Cell(f"published: {row['citation']}")])
     ds = cfg["data"]["name"]
+    gd = "gdjoint_" if cfg["experiments"].get("gd_joint", False) else "gd_"  # the paper's reading when it ran
     for s, label, goa in (("nfpi", "NF^pi (this implementation)", "FPI"),
-                          ("gd_" + cfg["experiments"].get("gd_policies", ["linear"])[0], "NF^GD (this implementation)",
+                          (gd + cfg["experiments"].get("gd_policies", ["linear"])[0], "NF^GD (this implementation)",
                            "GD")):
         f = r / "metrics" / f"{s}.json"
         if not f.exists():
