@@ -275,3 +275,15 @@ def test_gd_joint_needs_table1(tmp_path: Path) -> None:
     cfg = _config(gd_joint=True, table1=False)
     with pytest.raises(ConfigError, match="experiments.gd_joint"):
         check_config(cfg)
+
+
+def test_lam_auto_takes_the_lambda_of_the_solve_record() -> None:
+    """Under fpi.lam: auto the joint descent minimises Eq. 4 at the lambda the NFPI setting's path chose."""
+    from nfpi.joint_gd import joint_prior
+
+    start = ClassGaussianPrior(torch.zeros(K, 4), torch.ones(K, 4))
+    prior = joint_prior(start, {"method": "gd_joint", "lam": "auto", "policy": "linear", "steps": 2000},
+                        {"lam": 7.0}, total_steps=10)
+    assert prior.cfg.lam == 7.0 and prior.spec()["total_steps"] == 10
+    with pytest.raises(ConfigError, match="lam: auto"):
+        JointGaussianPrior(start.means, start.variances, JointGDConfig(lam="auto"), total_steps=3)
