@@ -60,7 +60,8 @@ def table1(cfg: Mapping[str, Any], r: Path, names: list[str], stamp: dict[str, s
     return Table("table1", f"Table 1: NF-Acc of the baselines and NFPI ({cfg['data']['name']}, after fine-tuning)",
                  columns, rows,
                  ["Every setting's Gaussians are solved on the same pretrained flow's training latents, then the "
-                  "flow is fine-tuned on them (fixed) and evaluated with its EMA weights.",
+                  "flow is fine-tuned on them (fixed; the joint Baseline 2 rows train them with the flow) and "
+                  "evaluated with its EMA weights.",
                   "Baseline 2 uses the learning-rate policies defined in docs/method.md (the paper does not define "
                   "them). 'converged on fixed latents': GD minimises Eq. 4 on the pretrained flow's latents to "
                   "convergence, then the flow is fine-tuned on the result; 'joint with the flow' (the paper's "
