@@ -10,7 +10,9 @@ flow's training latents with the same setting (the fixed point of Prop. 1 for NF
 Baseline 1, gradient descent for Baseline 2), then trains Theta again.  ``rounds: 1`` is the single
 solve of Section 4.2 ("a single fixed point iteration at early training stages of the NF ... gaussian
 parameters no longer need to be trained at the subsequent iterations").  ``steps`` counts optimiser
-steps over all rounds.
+steps over all rounds.  A ``gd_joint`` setting (Baseline 2 as the paper runs it, :mod:`nfpi.joint_gd`)
+trains the Gaussians by gradient descent with the flow at every step instead: one round of ``steps``
+steps, nothing to re-solve.
 
 Each round writes its own checkpoint under ``<out>.rounds/`` and resumes from its rolling state
 after an interruption; a rerun skips nothing it cannot verify (``train_flow`` checks fingerprints).
@@ -109,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.rounds > 1 and not isinstance(spec, dict):
         raise ConfigError("finetune.rounds > 1 re-solves the Gaussians: --config needs the setting's solver spec "
                           "('setting': {<nfpi.fpi.FPIConfig keys>}), as the workflow's finetune rule passes it")
-    solver = from_mapping(FPIConfig, spec, where="setting") if isinstance(spec, dict) else None
+    joint = isinstance(spec, dict) and spec.get("method") == "gd_joint"  # Gaussians trained with the flow
+    solver = from_mapping(FPIConfig, spec, where="setting") if isinstance(spec, dict) and not joint else None
 
     # The flow config, the bits per channel and the start weights: one read of the pretrained checkpoint.
     start = StartWeights.read(args.init)
@@ -126,7 +129,12 @@ def main(argv: list[str] | None = None) -> None:
     prior = ClassGaussianPrior.from_state_dict(g["prior"])
     out = Path(args.out)
     work = out.with_name(out.name + ".rounds")
-    plan = round_steps(cfg.steps, cfg.rounds)
+    plan = [cfg.steps] if joint else round_steps(cfg.steps, cfg.rounds)
+    if joint:
+        from nfpi.joint_gd import joint_prior
+
+        prior = joint_prior(prior, spec, g["record"], cfg.steps)
+        log.info("joint GD (Baseline 2 as in the paper): %r trained with the flow over %d steps", prior, cfg.steps)
     per_epoch = max(len(train_set) // cfg.batch_size, 1)  # the loop drops each epoch's partial batch
     log.info("finetune: %d steps (%.2f epochs of %d steps, batch %d) in %d round(s) %s, n_bits=%d, %d training "
              "images", cfg.steps, cfg.steps / per_epoch, per_epoch, cfg.batch_size, cfg.rounds, plan, n_bits,
@@ -171,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         flow = build_flow(flow_cfg, tuple(data.image_shape))  # weights come from `start` inside train_flow
         record = {"flow": to_jsonable(flow_cfg), "image_shape": list(data.image_shape),
                   "num_classes": data.num_classes, "stage": "finetune", "gaussians": str(args.gaussians),
-                  "round": r, "rounds": cfg.rounds}
+                  "round": r, "rounds": len(plan)}
         result = train_flow(flow, train_set, prior, cfg.loop_config(r, steps, n_bits), out_path=out_r,
                             init_checkpoint=start, config_record=record, metrics_path=curve_r)
         # Read once: the validation and the next round's re-solve use its EMA flow, the next round

@@ -403,6 +403,12 @@ def build_schema() -> dict[str, Any]:
                 "table1": {"type": "boolean", "default": True, "description": "Table 1: Baseline 1, GD, NFPI"},
                 "gd_policies": {"type": "array", "items": {"enum": policies}, "uniqueItems": True, "default": policies,
                                 "description": "Baseline 2 learning-rate policies (docs/method.md)"},
+                "gd_joint": {"type": "boolean", "default": False,
+                             "description": "Table 1 also has Baseline 2 as the paper runs it: the Gaussians trained "
+                                            "by GD with the flow during fine-tuning (gdjoint_<policy>, one fine-tuning "
+                                            "per policy; off by default for the run's time)"},
+                "table1_cnn": {"type": "boolean", "default": False,
+                               "description": "CNN-Acc for every Table 1 row (samples + a CNN per row)"},
                 "lambdas": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "uniqueItems": True,
                             "default": [],
                             "description": "Table 2: the lambda sweep (empty: no Table 2; lambda = 0 is Baseline 1, "

@@ -34,6 +34,10 @@ def solve_setting(stats: Any, spec: dict[str, Any]) -> Any:
     """Run the solver a setting's spec (an ``FPIConfig`` mapping) names; returns an ``FPIResult``."""
     from nfpi.fpi import FPIConfig, solve
 
+    if spec.get("method") == "gd_joint":  # Baseline 2 as the paper runs it: only its start here (nfpi.joint_gd)
+        from nfpi.joint_gd import initial_gaussians
+
+        return initial_gaussians(stats, spec)
     return solve(stats, from_mapping(FPIConfig, spec, where="setting"))
 
 

@@ -113,6 +113,13 @@ def main(argv: list[str] | None = None) -> None:
     table, summary = spread_table(args.runs)
     write_table(table, args.out)
     atomic_write_json(args.out / "seeds.json", summary)
+    # NFPI minus each baseline, seed by seed (same run, same pretrained flow): nfpi.paired
+    from nfpi.paired import paired_differences, paired_table
+
+    labels = {name: s.label for name, s in settings_from_config(load_run(args.runs[0])).items()}
+    seeds = next(iter(next(iter(summary.values())).values()))["seeds"] if summary else []
+    write_table(paired_table(summary, labels, seeds, table.stamp), args.out)
+    atomic_write_json(args.out / "seeds_paired.json", paired_differences(summary))
     log.info("wrote %s", args.out / "seeds.md")
 
 

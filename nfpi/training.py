@@ -441,10 +441,12 @@ def _fingerprint(cfg: TrainConfig, record: dict[str, Any] | None, dataset: Datas
     """What a resume checkpoint must match: trajectory-relevant config, flow record, data, Gaussians, start weights."""
     train = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _VOLATILE_FIELDS}
     rec = {k: v for k, v in (record or {}).items() if k != "train"}  # the record's copy of cfg holds `steps`
+    # A trainable prior (nfpi.joint_gd) adds its options, the step count of its lr policy included.
+    joint = {"joint": prior.spec()} if getattr(prior, "trainable", False) else {}
     return config_hash({
         "train": train, "record": rec, "data": _data_digest(dataset),
         "gaussians": _tensor_digest(prior.state_dict()) if prior is not None else "none",
-        "init": start.digest if start is not None else None,
+        "init": start.digest if start is not None else None, **joint,
     })
 
 
@@ -584,7 +586,9 @@ def train_flow(
     """Train ``flow`` by maximum likelihood under ``prior`` (Eq. 1; class-conditional ``N(mu_y, v_y)``).
 
     ``prior`` is a :class:`nfpi.density.ClassGaussianPrior` held fixed: the standard one for
-    pretraining, the solved Gaussians (Prop. 1) for fine-tuning.  ``init_checkpoint`` gives start
+    pretraining, the solved Gaussians (Prop. 1) for fine-tuning; or a trainable prior
+    (:class:`nfpi.joint_gd.JointGaussianPrior`, Baseline 2 as the paper runs it), whose Gaussians
+    then take a gradient step of Eq. 4 with every flow step and are part of the resume state.  ``init_checkpoint`` gives start
     weights (the pretrained flow's EMA weights when fine-tuning; a path, or a :class:`StartWeights`
     already read by the caller); otherwise actnorm is initialised from
     data on rank 0.  Writes the final ``kind="flow"`` checkpoint to ``out_path`` (model, EMA,
@@ -618,6 +622,7 @@ def train_flow(
 
     flow = flow.to(device).train()
     prior = prior.to(device)
+    joint = bool(getattr(prior, "trainable", False))  # Gaussians optimised with the flow (nfpi.joint_gd)
     opt_cls = torch.optim.Adamax if cfg.optimizer == "adamax" else torch.optim.Adam
     # foreach: one kernel per op over all tensors (torch picks it on CUDA only; flows have many small tensors)
     optimizer = opt_cls(flow.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
@@ -634,6 +639,8 @@ def train_flow(
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         restore_rng_state(resume["rng"])
+        if joint:
+            prior.load_resume_state(resume["gaussians"])
         start_step = int(resume["step"])
         counters.update({k: resume["extra"].get(k, counters[k]) for k in counters})
         counters["last_loss"] = math.nan if counters["last_loss"] is None else counters["last_loss"]
@@ -672,7 +679,7 @@ def train_flow(
             save_checkpoint(
                 state_file, kind="resume", model=flow.state_dict(), ema=ema.module.state_dict(),
                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), step=step,
-                rng=capture_rng_state(), gaussians=prior.state_dict(),
+                rng=capture_rng_state(), gaussians=prior.resume_state() if joint else prior.state_dict(),
                 config={"fingerprint": fingerprint, "train": cfg, "record": record},
                 extra={**counters, "window": [float(v) for v in window] if window is not None else None},
             )
@@ -728,13 +735,20 @@ def train_flow(
         # evaluated outside autocast so that under bf16 only the flow's convolutions run in low precision.
         loss = -(prior.log_prob(z.float(), y) + logdet.float()).mean()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if joint:  # Eq. 4 jointly: the separation term moves the Gaussians (the logged loss stays the NLL)
+            prior.zero_grad()
+            (loss + prior.penalty()).backward()
+            prior.sync_grads()
+        else:
+            loss.backward()
         max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
         gnorm = torch.nn.utils.clip_grad_norm_(flow.parameters(), max_norm, foreach=True)
+        # the Gaussians' gradient must be finite too (it is not clipped: their optimiser is Adam)
+        check = gnorm + prior.grad_norm().to(gnorm) if joint else gnorm
         # Every rank must take the same decisions (DDP), so the flags are reduced with max: skip this
         # step (non-finite)? stop after it (a stop signal reached some rank; its number)?
         bad, stop_signal = ddp.all_reduce_max(torch.stack([
-            (~torch.isfinite(loss) | ~torch.isfinite(gnorm)).float(), torch.tensor(float(_STOP.signum), device=device),
+            (~torch.isfinite(loss) | ~torch.isfinite(check)).float(), torch.tensor(float(_STOP.signum), device=device),
         ])).tolist()
         if bool(bad):
             optimizer.zero_grad(set_to_none=True)
@@ -743,11 +757,13 @@ def train_flow(
             logger.warning("step %d: non-finite loss (%s) or gradient norm (%s); step skipped (%d in a row)",
                            step, f"{loss.item():.4g}", f"{gnorm.item():.4g}", consecutive_bad)
             if consecutive_bad >= cfg.max_nonfinite:
-                _rollback(flow, ema, optimizer, state_file, step, counters, cfg)
+                _rollback(flow, ema, optimizer, state_file, step, counters, cfg, prior if joint else None)
                 consecutive_bad = 0
         else:
             consecutive_bad = 0
             optimizer.step()
+            if joint:
+                prior.step(step)
             ema.update(flow, step)
             win_loss += loss.detach().double()
             win_gnorm += gnorm.detach().double()
@@ -783,7 +799,7 @@ def train_flow(
 
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             if not _all_finite(flow):  # never make a bad state the rollback target
-                _rollback(flow, ema, optimizer, state_file, step, counters, cfg)
+                _rollback(flow, ema, optimizer, state_file, step, counters, cfg, prior if joint else None)
             else:
                 save_resume(done, (win_loss, win_gnorm, win_steps, win_all, consecutive_bad))
         elif stop_signal and _all_finite(flow):
@@ -840,7 +856,7 @@ def _try_resume(state_file: Path, fingerprint: str, steps: int) -> dict[str, Any
 
 
 def _rollback(flow: nn.Module, ema: _EMA, optimizer: torch.optim.Optimizer, state_file: Path, step: int,
-              counters: dict[str, Any], cfg: TrainConfig) -> None:
+              counters: dict[str, Any], cfg: TrainConfig, joint_prior: Any = None) -> None:
     """Restore weights, EMA and optimiser from the last good checkpoint; keep the step (skip the bad batches)."""
     counters["rollbacks"] += 1
     if counters["rollbacks"] > cfg.max_rollbacks:
@@ -852,6 +868,8 @@ def _rollback(flow: nn.Module, ema: _EMA, optimizer: torch.optim.Optimizer, stat
     flow.load_state_dict(ck["model"])
     ema.module.load_state_dict(ck["ema"])
     optimizer.load_state_dict(ck["optimizer"])
+    if joint_prior is not None:  # the Gaussians trained with the flow go back with it
+        joint_prior.load_resume_state(ck["gaussians"])
     ddp.broadcast_module(flow, src=0)
     logger.warning("step %d: rolled back to the last good checkpoint %s (step %d), rollback %d/%d; "
                    "continuing at step %d past the offending batches",

@@ -347,7 +347,8 @@ def _rule_fpi_bounds(v: _View) -> None:
 
 
 def _rule_experiments(v: _View) -> None:
-    """experiments.figure_lambdas is a small then a larger lambda; evaluate.splits includes test (the tables)."""
+    """experiments.figure_lambdas is a small then a larger lambda; evaluate.splits includes test (the tables);
+    experiments.gd_joint has Table 1, a policy and fine-tuning steps to run in."""
     small, large = v["experiments.figure_lambdas"]
     if small >= large:
         raise _error("experiments.figure_lambdas", [small, large], "must be a small lambda then a larger one "
@@ -355,6 +356,14 @@ def _rule_experiments(v: _View) -> None:
     splits = v["evaluate.splits"]
     if "test" not in splits:
         raise _error("evaluate.splits", splits, "must include 'test' (every table reports test accuracy)")
+    if v["experiments.gd_joint"]:  # Baseline 2 joint with the flow (nfpi.joint_gd): rows of Table 1, trained in finetune
+        if not v["experiments.table1"]:
+            raise _error("experiments.gd_joint", True, "needs experiments.table1: true (its rows are Table 1's)")
+        if not v["experiments.gd_policies"]:
+            raise _error("experiments.gd_joint", True, "needs at least one of experiments.gd_policies (one row each)")
+        if v["finetune.steps"] < 1:
+            raise _error("finetune.steps", v["finetune.steps"], "must be >= 1 with experiments.gd_joint: true (the "
+                                                                "joint Gaussians are trained during fine-tuning)")
 
 
 def _classifier_sections(v: _View) -> list[str]:

@@ -21,10 +21,8 @@ from nfpi.density import ClassGaussianPrior
 from nfpi.evaluation import latent_class_stats
 from nfpi.finetune import FinetuneConfig, round_steps
 from nfpi.fpi import FPIConfig, solve as fpi_solve
-from nfpi.latents import write_latents
-from nfpi.evaluation import extract_latents
 from nfpi.training import load_trained_flow
-from tinyflow import tiny_pretrained
+from tinyflow import tiny_pretrained, train_latents
 
 torch.set_num_threads(1)
 
@@ -49,11 +47,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Prepared digits (capped), a 4-bit pretrained tiny flow, its latents and round-0 Gaussians."""
     root = tmp_path_factory.mktemp("ft")
     data, pre = tiny_pretrained(root)
-    trained = load_trained_flow(pre)
-    d = PreparedData(data)
-    lat = root / "train.parquet"
-    write_latents(lat, extract_latents(trained.flow, d.dataset("train"), dequantize=True, n_bits=4),
-                  dim=trained.flow.latent_dim, split="train", num_rows=len(d.labels("train")))
+    lat = train_latents(data, pre, root / "train.parquet")
     g = root / "g.pt"
     solve.main(["--config", json.dumps({"setting": SPEC}), "--latents", str(lat), "--data-dir", str(data),
                 "--out", str(g), "--out-json", str(root / "g.json")])

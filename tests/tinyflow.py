@@ -23,3 +23,18 @@ def tiny_pretrained(root: Path) -> tuple[Path, Path]:
     pretrain.main(["--config", json.dumps({"flow": TINY_FLOW, "train": train}), "--data-dir", str(data),
                    "--out", str(pre), "--metrics", str(root / "pretrain.json")])
     return data, pre
+
+
+def train_latents(data: Path, checkpoint: Path, out: Path) -> Path:
+    """The training split's latents of the flow at ``checkpoint`` (dequantised, 4-bit) written to ``out``
+    (what the workflow's extract stage gives the solve stage)."""
+    from nfpi.data import PreparedData
+    from nfpi.evaluation import extract_latents
+    from nfpi.latents import write_latents
+    from nfpi.training import load_trained_flow
+
+    trained = load_trained_flow(checkpoint)
+    d = PreparedData(data)
+    write_latents(out, extract_latents(trained.flow, d.dataset("train"), dequantize=True, n_bits=4),
+                  dim=trained.flow.latent_dim, split="train", num_rows=len(d.labels("train")))
+    return out

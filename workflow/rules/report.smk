@@ -4,7 +4,8 @@
 
 def _table_inputs(wc):
     files = [f"{R}/metrics/{s}.json" for t in TABLES.values() for s in t]
-    files += [f"{R}/cnn/{s}.json" for t in ("table2", "table3") for s in TABLES.get(t, [])]
+    cnn_tables = ("table1", "table2", "table3") if config["experiments"].get("table1_cnn", False) else ("table2", "table3")
+    files += [f"{R}/cnn/{s}.json" for t in cnn_tables for s in TABLES.get(t, [])]
     for m in ("swin", "eva02"):
         if config["experiments"].get(m, True):
             files += [f"{R}/{m}/{a}_{b}.json" for a in ("none", "nf") for b in ("none", "sa")]
