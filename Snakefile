@@ -1,6 +1,6 @@
 # NFPI: conditionally untangled latent spaces by fixed-point iteration (Enescu & Sahbi, BMVC 2024).
-# Table of contents of the workflow; each stage lives in workflow/rules/<stage>.smk and each rule is a
-# thin shell over `python -m nfpi.<stage>`.
+# Table of contents of the workflow; each stage's rule lives in workflow/rules/<stage>.smk and is a thin
+# shell over `python -m nfpi <stage>` (nfpi/stages/<stage>.py), started by common.smk's launch().
 #
 #   snakemake --profile profiles/local all          # the embedded default (sklearn digits, CPU, minutes)
 #   snakemake --profile slurm all                   # the same on a SLURM cluster
@@ -60,11 +60,19 @@ rule tables:
         f"{R}/config.resolved.yaml",
 
 
-include: "workflow/rules/data.smk"
-include: "workflow/rules/flow.smk"
-include: "workflow/rules/fpi.smk"
+include: "workflow/rules/prepare.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/extract.smk"
+include: "workflow/rules/solve.smk"
+include: "workflow/rules/lambda_path.smk"
+include: "workflow/rules/finetune.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/sample.smk"
 include: "workflow/rules/classify.smk"
-include: "workflow/rules/report.smk"
+include: "workflow/rules/nfaugment.smk"
+include: "workflow/rules/tabulate.smk"
+include: "workflow/rules/resolved_config.smk"
+include: "workflow/rules/tsne.smk"
+include: "workflow/rules/curves.smk"
 include: "workflow/rules/latent_ot.smk"
 include: "workflow/rules/flowfactor.smk"

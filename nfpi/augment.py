@@ -36,6 +36,7 @@ from torch import Tensor
 from nfpi.progress import progress
 
 __all__ = [
+    "AugmentConfig",
     "class_principal_axes",
     "pca_mixup",
     "same_class_partners",
@@ -429,3 +430,20 @@ def build_batch_mixer(cfg: StandardAugConfig, num_classes: int) -> Any | None:
         label_smoothing=cfg.label_smoothing,
         num_classes=num_classes,
     )
+
+
+# The ``augment`` config slice (stage ``nfaugment``).
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The ``augment`` config slice."""
+
+    copies: int = 1  # augmented images per training image
+    beta_max: float = 0.5  # beta ~ U(0, beta_max)
+    num_axes: int = 8  # principal axes per class (U_y has this many columns)
+    seed: int = 0
+    batch_size: int = 256
+    figure_rows: int = 6  # Fig. 2: originals shown
+    figure_variants: int = 3  # Fig. 2: augmented variants per original
+    device: str = "auto"

@@ -877,7 +877,7 @@ class PreparedData:
         meta_path = self.root / META_FILE
         if not meta_path.is_file():
             raise DataError(f"{self.root}: no {META_FILE}, so this is not a complete prepared dataset (a prepare "
-                            "job may have been killed midway); run the prepare stage (python -m nfpi.prepare)")
+                            "job may have been killed midway); run the prepare stage (python -m nfpi prepare)")
         try:
             self.meta: dict[str, Any] = read_json(meta_path)
         except ValueError as exc:

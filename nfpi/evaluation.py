@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from nfpi.training import dequantize_batch, load_batch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate_flow", "extract_latents", "latent_class_stats", "sample_images", "iterate_batches"]
+__all__ = ["EvaluateConfig", "ExtractConfig", "SampleConfig", "evaluate_flow", "extract_latents", "latent_class_stats", "sample_images", "iterate_batches"]
 
 
 def _flow_device(flow: nn.Module, device: str | torch.device | None) -> torch.device:
@@ -216,3 +217,41 @@ def sample_images(
     if not out:
         return torch.empty((0, *flow.image_shape), dtype=torch.uint8)
     return torch.cat(out)
+
+
+# The config slices of the stages that run this module's loops (extract, evaluate, sample).
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """The ``extract`` config slice."""
+
+    batch_size: int = 256  # images per forward pass
+    format: Literal["parquet", "npy"] = "parquet"  # npy: numpy memmap, for large d (ImageNet64: d = 12288)
+    row_group_size: int = 4096  # Parquet rows per row group (the streaming unit of the FPI's statistics pass)
+    dequantize: bool = True  # latents of x + u, u ~ U[0, 2^-n_bits): the density the flow models (see module doc)
+    seed: int = 0  # dequantisation noise seed (the same latents on every rerun)
+    device: str = "auto"
+
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """The ``evaluate`` config slice."""
+
+    batch_size: int = 256
+    splits: tuple[str, ...] = ("val", "test")  # val selects hyperparameters; test is only reported
+    device: str = "auto"
+
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """The ``sample`` config slice."""
+
+    per_class: int = 200  # images generated per class (the CNN's whole training set)
+    temperature: float = 0.8  # T in z ~ N(mu_y, T^2 v_y)
+    seed: int = 0
+    batch_size: int = 256
+    grid_per_class: int = 10  # columns of the per-class image grid
+    device: str = "auto"

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -23,7 +24,7 @@ from nfpi.progress import progress  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-__all__ = ["sample_grid", "tsne_embed", "tsne_panels", "augmentation_figure", "training_curves", "save_figure",
+__all__ = ["FiguresConfig", "sample_grid", "tsne_embed", "tsne_panels", "augmentation_figure", "training_curves", "save_figure",
            "lambda_path_figure"]
 
 
@@ -228,3 +229,15 @@ def lambda_path_figure(path: dict, out: str | os.PathLike[str], *, title: str = 
     axes[2].legend(fontsize=7, loc="best")
     fig.suptitle(title or "Lambda path (chosen on validation)")
     save_figure(fig, out)
+
+
+# The ``figures`` config slice (stage ``tsne``).
+
+
+@dataclass(frozen=True)
+class FiguresConfig:
+    """The ``figures`` config slice."""
+
+    tsne_per_class: int = 100  # points per class in each t-SNE panel
+    perplexity: float = 30.0
+    seed: int = 0

@@ -1047,5 +1047,5 @@ def random_transform_copies(images: Tensor, labels: Tensor, cfg: FlowFactorConfi
 def numpy_images(a: np.ndarray) -> Tensor:
     """uint8 numpy ``[N, C, H, W]`` -> tensor, checking the dtype (the prepared-data contract)."""
     if a.dtype != np.uint8 or a.ndim != 4:
-        raise ValueError(f"expected uint8 images [N, C, H, W], got {a.dtype} {a.shape}; rerun nfpi.prepare")
+        raise ValueError(f"expected uint8 images [N, C, H, W], got {a.dtype} {a.shape}; rerun nfpi.stages.prepare")
     return torch.from_numpy(np.array(a, copy=True))  # memmaps are read-only; torch wants writable memory

@@ -333,17 +333,14 @@ def build_schema() -> dict[str, Any]:
     """The whole config schema."""
     from nfpi.classifiers import PRESETS, ClassifierConfig
     from nfpi.data import DataConfig
-    from nfpi.evaluate import EvaluateConfig
-    from nfpi.extract import ExtractConfig
-    from nfpi.finetune import FinetuneConfig
+    from nfpi.evaluation import EvaluateConfig, ExtractConfig, SampleConfig
     from nfpi.flowfactor import FlowFactorConfig
     from nfpi.flows import FlowConfig
     from nfpi.fpi import FPIConfig
     from nfpi.latent_ot import LatentOTConfig
-    from nfpi.nfaugment import AugmentConfig
-    from nfpi.sample import SampleConfig
-    from nfpi.training import TrainConfig
-    from nfpi.tsne import FiguresConfig
+    from nfpi.augment import AugmentConfig
+    from nfpi.training import FinetuneConfig, TrainConfig
+    from nfpi.figures import FiguresConfig
 
     gd_keys = ("optimizer", "steps", "lr", "gd_vmin", "gd_vmax")
     fpi_keys = tuple(f.name for f in dataclasses.fields(FPIConfig) if f.name not in gd_keys + ("method", "policy"))

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from nfpi import finetune, solve
+from nfpi.stages import finetune, solve
 from nfpi.config import ConfigError
 from nfpi.data import PreparedData
 from nfpi.density import ClassGaussianPrior
 from nfpi.evaluation import latent_class_stats
-from nfpi.finetune import FinetuneConfig, round_steps
+from nfpi.training import FinetuneConfig, round_steps
 from nfpi.fpi import FPIConfig, solve as fpi_solve
 from nfpi.latents import write_latents
 from nfpi.evaluation import extract_latents
@@ -148,7 +148,7 @@ def test_two_process_ddp_rounds_match_one_process(pipeline: dict[str, Path]) -> 
         out = pipeline["root"] / f"ddp{n}" / "nfpi.pt"
         out.parent.mkdir()
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
-        proc = subprocess.run(launch + ["-m", "nfpi.finetune", "--config", cfg, "--data-dir", str(pipeline["data"]),
+        proc = subprocess.run(launch + ["-m", "nfpi", "finetune", "--config", cfg, "--data-dir", str(pipeline["data"]),
                                         "--init", str(pipeline["pre"]), "--gaussians", str(pipeline["gaussians"]),
                                         "--out", str(out), "--metrics", str(out.with_suffix(".json"))],
                               capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -163,7 +163,7 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Capped digits, a tiny 4-bit pretrained flow, its train / val latents, and the NFPI solve under lam: auto."""
     import json
 
-    from nfpi import solve as solve_stage
+    from nfpi.stages import solve as solve_stage
     from nfpi.data import PreparedData
     from nfpi.evaluation import extract_latents
     from nfpi.latents import write_latents
@@ -201,7 +201,7 @@ def test_changing_test_labels_cannot_change_the_choice(staged: dict[str, Any]) -
 
     import numpy as np
 
-    from nfpi import solve as solve_stage
+    from nfpi.stages import solve as solve_stage
 
     data2 = staged["root"] / "data_relabelled"
     shutil.copytree(staged["data"], data2)
@@ -219,7 +219,7 @@ def test_changing_test_labels_cannot_change_the_choice(staged: dict[str, Any]) -
 def test_gd_under_auto_takes_the_nfpi_choice_and_the_figure_stage_draws_the_path(staged: dict[str, Any]) -> None:
     import json
 
-    from nfpi import lambda_path, solve as solve_stage
+    from nfpi.stages import lambda_path, solve as solve_stage
 
     root = staged["root"]
     gd = {**AUTO, "method": "gd", "steps": 30, "lr": 0.05}
@@ -242,7 +242,7 @@ def test_gd_under_auto_takes_the_nfpi_choice_and_the_figure_stage_draws_the_path
 def test_finetune_rounds_rerun_the_path_warm_started(staged: dict[str, Any]) -> None:
     import json
 
-    from nfpi import finetune
+    from nfpi.stages import finetune
 
     root = staged["root"]
     out = root / "ft" / "nfpi.pt"

@@ -266,7 +266,7 @@ def test_transport_stage_end_to_end(tmp_path) -> None:  # type: ignore[no-untype
     import csv
 
     from nfpi.io import read_json
-    from nfpi.transport import main
+    from nfpi.stages.latent_ot import main
 
     _fake_run(tmp_path, cap=24)
     cfg = {"steps": 8, "batch_size": 16, "hidden": 16, "semi_discrete_samples": 200, "samples_per_class": 12,
@@ -295,7 +295,7 @@ def test_transport_stage_end_to_end(tmp_path) -> None:  # type: ignore[no-untype
 
 
 def test_transport_stage_too_few_latents_names_file_and_key(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from nfpi.transport import main
+    from nfpi.stages.latent_ot import main
 
     _fake_run(tmp_path, cap=9)  # 9 per class minus the validation carve: below min_class_size=10
     with pytest.raises(TooFewLatentsError, match=r"train\.parquet: too few latents.*latent_ot\.min_class_size"):

@@ -7,7 +7,7 @@ Two uses (Section 5):
   optionally enlarged with NF-augmented images (``--extra-npz augment/nf_train.npz``), with or without
   the standard augmentations (the ``standard_aug`` key of the classifier slice).
 
-    python -m nfpi.classify --section cnn --config '{"classifier": {...}}' --data-dir D --train-npz S \\
+    python -m nfpi classify --section cnn --config '{"classifier": {...}}' --data-dir D --train-npz S \\
         --out cnn/<setting>.json
 
 The ``classifier`` slice is parsed on the preset of its config section (``--section``: ``cnn`` ResNet18,
@@ -24,7 +24,7 @@ import numpy as np
 from nfpi.cli import parse_slices, provenance, stage_parser, start_stage
 from nfpi.io import atomic_write_json
 
-log = logging.getLogger("nfpi.classify")
+log = logging.getLogger("nfpi.stages.classify")
 
 
 def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,6 @@
 """Stage ``curves``: training curves (bits/dim against step) of the pretraining and fine-tuning runs.
 
-    python -m nfpi.curves --out figures/training_curves.png flows/pretrain.jsonl flows/nfpi.jsonl ...
+    python -m nfpi curves --out figures/training_curves.png flows/pretrain.jsonl flows/nfpi.jsonl ...
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Stage ``evaluate``: NF-Acc, per-class accuracy, confusion matrix and bits/dim of a trained flow.
 
-    python -m nfpi.evaluate --config '{"evaluate": {...}}' --checkpoint flows/<setting>.pt --data-dir D \
+    python -m nfpi evaluate --config '{"evaluate": {...}}' --checkpoint flows/<setting>.pt --data-dir D \
         --gaussians-json gaussians/<setting>.json --out metrics/<setting>.json
 
 NF-Acc is ``argmax_y log N(f(x); mu_y, v_y)`` with equal class priors (Section 5.1) of each image at its
@@ -11,21 +11,12 @@ the EMA weights on the validation split (model selection) and the test split (re
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from nfpi.cli import parse_slices, provenance, stage_parser, start_stage
+from nfpi.evaluation import EvaluateConfig
 from nfpi.io import atomic_write_json, read_json
 
-log = logging.getLogger("nfpi.evaluate")
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    """The ``evaluate`` config slice."""
-
-    batch_size: int = 256
-    splits: tuple[str, ...] = ("val", "test")  # val selects hyperparameters; test is only reported
-    device: str = "auto"
+log = logging.getLogger("nfpi.stages.evaluate")
 
 
 def main(argv: list[str] | None = None) -> None:

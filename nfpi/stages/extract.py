@@ -1,6 +1,6 @@
 """Stage ``extract``: map every image of each split to its latent z = f(x) and store it.
 
-    python -m nfpi.extract --config '{"extract": {...}}' --checkpoint flows/<flow>.pt --data-dir D \
+    python -m nfpi extract --config '{"extract": {...}}' --checkpoint flows/<flow>.pt --data-dir D \
         --out-dir latents/<flow>
 
 Writes ``{train,val,test}.parquet`` (float32 fixed-size-list ``z``, ``label``, ``split``; row groups
@@ -16,26 +16,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from nfpi.cli import parse_slices, provenance, stage_parser, start_stage
+from nfpi.evaluation import ExtractConfig
 from nfpi.io import atomic_write_json
 
-log = logging.getLogger("nfpi.extract")
-
-
-@dataclass(frozen=True)
-class ExtractConfig:
-    """The ``extract`` config slice."""
-
-    batch_size: int = 256  # images per forward pass
-    format: Literal["parquet", "npy"] = "parquet"  # npy: numpy memmap, for large d (ImageNet64: d = 12288)
-    row_group_size: int = 4096  # Parquet rows per row group (the streaming unit of the FPI's statistics pass)
-    dequantize: bool = True  # latents of x + u, u ~ U[0, 2^-n_bits): the density the flow models (see module doc)
-    seed: int = 0  # dequantisation noise seed (the same latents on every rerun)
-    device: str = "auto"
+log = logging.getLogger("nfpi.stages.extract")
 
 
 def main(argv: list[str] | None = None) -> None:

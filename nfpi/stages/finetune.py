@@ -1,6 +1,6 @@
 """Stage ``finetune``: train the pretrained flow on solved class Gaussians, re-solving them between rounds.
 
-    python -m nfpi.finetune --config '{"train": {...}, "setting": {<FPIConfig keys>}}' --data-dir D \
+    python -m nfpi finetune --config '{"train": {...}, "setting": {<FPIConfig keys>}}' --data-dir D \
         --init flows/pretrain.pt --gaussians gaussians/<setting>.pt --out flows/<setting>.pt --metrics ...
 
 Eq. 4 couples the flow parameters Theta and the Gaussians Psi.  Fine-tuning minimises it by block
@@ -27,42 +27,15 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nfpi.cli import parse_slices, provenance, stage_parser, start_stage
 from nfpi.config import ConfigError
 from nfpi.io import atomic_path, atomic_write_json, to_jsonable
-from nfpi.training import TrainConfig
+from nfpi.training import FinetuneConfig, round_steps
 
-log = logging.getLogger("nfpi.finetune")
-
-
-@dataclass(frozen=True)
-class FinetuneConfig(TrainConfig):
-    """The ``finetune`` config slice: the training loop's options plus the alternating schedule.
-
-    ``n_bits`` is inherited from the pretrained flow (a different explicit value is an error).
-    """
-
-    rounds: int = 1  # Gaussian solves during fine-tuning (Eq. 4 by block coordinate descent); 1: solve once
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.rounds < 1 or self.rounds > max(self.steps, 1):
-            raise ConfigError(f"finetune.rounds={self.rounds}: must be in 1..finetune.steps ({self.steps})")
-
-    def loop_config(self, round_index: int, steps: int, n_bits: int) -> TrainConfig:
-        """The training loop's options for one round: its share of the steps, its own seed stream."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
-        return TrainConfig(**{**fields, "steps": steps, "seed": self.seed + round_index, "n_bits": n_bits})
-
-
-def round_steps(steps: int, rounds: int) -> list[int]:
-    """Optimiser steps per round: ``steps`` split as evenly as possible, earlier rounds first."""
-    base, extra = divmod(steps, rounds)
-    return [base + (1 if r < extra else 0) for r in range(rounds)]
+log = logging.getLogger("nfpi.stages.finetune")
 
 
 def _merge_curves(parts: list[tuple[int, Path]], out: Path) -> None:
@@ -84,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     p = stage_parser(__doc__ or "")
     p.add_argument("--data-dir", required=True)
     p.add_argument("--init", required=True, help="the pretrained flow checkpoint")
-    p.add_argument("--gaussians", required=True, help="round 0's class Gaussians (.pt from nfpi.solve)")
+    p.add_argument("--gaussians", required=True, help="round 0's class Gaussians (.pt from nfpi.stages.solve)")
     p.add_argument("--out", required=True, help="final checkpoint (.pt)")
     p.add_argument("--metrics", required=True, help="summary JSON")
     p.add_argument("--log-jsonl", default=None, help="per-step metrics of all rounds (JSONL)")

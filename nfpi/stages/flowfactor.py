@@ -1,6 +1,6 @@
-"""Stage ``factorize``: flow-factorized latent transformations (Song et al. 2023) in a trained flow's latent space.
+"""Stage ``flowfactor``: flow-factorized latent transformations (Song et al. 2023) in a trained flow's latent space.
 
-    python -m nfpi.factorize --config '{"flowfactor": {...}}' --threads 1 \
+    python -m nfpi flowfactor --config '{"flowfactor": {...}}' --threads 1 \
         --flow results/R/flows/nfpi.pt --data-dir results/R/data \
         --out-dir results/R/flowfactor --tables-dir results/R/tables \
         --figure results/R/figures/flowfactor_trajectories.png
@@ -46,7 +46,7 @@ from nfpi import flowfactor as ff
 from nfpi.cli import parse_slices, provenance, stage_parser, start_stage
 from nfpi.io import atomic_path, atomic_write_json, atomic_write_text
 
-log = logging.getLogger("nfpi.factorize")
+log = logging.getLogger("nfpi.stages.flowfactor")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tables-dir", required=True, help="where flowfactor.md / flowfactor.csv go")
     p.add_argument("--figure", required=True, help="trajectory figure PNG")
     args = p.parse_args(argv)
-    start_stage(args, "factorize")
+    start_stage(args, "flowfactor")
     cfg: ff.FlowFactorConfig = parse_slices(args.config, flowfactor=ff.FlowFactorConfig)["flowfactor"]
     from nfpi.data import PreparedData
 

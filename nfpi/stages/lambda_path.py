@@ -1,6 +1,6 @@
 """Stage ``lambda_path``: the table and figure of a ``lam: auto`` setting's lambda path.
 
-    python -m nfpi.lambda_path --record gaussians/nfpi.json --tables-dir tables --figure figures/lambda_path.png
+    python -m nfpi lambda_path --record gaussians/nfpi.json --tables-dir tables --figure figures/lambda_path.png
 
 Reads the solve record (``path``: every lambda's iterations, residual, separation, validation NF-Acc,
 the divergence boundary and the choice) and writes ``tables/lambda_path.{md,csv,tex,sources.json}``

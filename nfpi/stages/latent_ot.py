@@ -1,6 +1,6 @@
-"""Stage ``transport``: the latent-space OT prior (Liu et al. 2018) beside NFPI's Gaussians, on the same latents.
+"""Stage ``latent_ot``: the latent-space OT prior (Liu et al. 2018) beside NFPI's Gaussians, on the same latents.
 
-    python -m nfpi.transport --config '{"latent_ot": {...}}' --threads 1 \
+    python -m nfpi latent_ot --config '{"latent_ot": {...}}' --threads 1 \
         --flow results/R/flows/nfpi.pt --latents-train results/R/latents/nfpi/train.parquet \
         --latents-test results/R/latents/nfpi/test.parquet --gaussians results/R/gaussians/nfpi.pt \
         --data-dir results/R/data --out-dir results/R/latent_ot --tables-dir results/R/tables \
@@ -49,7 +49,7 @@ from nfpi.latent_ot import (
     wasserstein2,
 )
 
-log = logging.getLogger("nfpi.transport")
+log = logging.getLogger("nfpi.stages.latent_ot")
 
 METHODS: dict[str, str] = {
     "nfpi": "NFPI Gaussians",
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tables-dir", required=True, help="tables/: latent_ot.{md,csv,tex,sources.json}")
     p.add_argument("--grid", required=True, help="sample grid PNG")
     args = p.parse_args(argv)
-    start_stage(args, "transport")
+    start_stage(args, "latent_ot")
     cfg: LatentOTConfig = parse_slices(args.config, latent_ot=LatentOTConfig)["latent_ot"]
     t_start = time.perf_counter()
 

@@ -1,6 +1,6 @@
 """Stage ``nfaugment``: NF-augmented training images (Tables 5-6, Fig. 2).
 
-    python -m nfpi.nfaugment --config '{"augment": {...}}' --checkpoint flows/nfpi.pt \
+    python -m nfpi nfaugment --config '{"augment": {...}}' --checkpoint flows/nfpi.pt \
         --latents latents/nfpi/train.parquet --data-dir D --out augment/nf_train.npz --figure figures/fig2.png
 
 For two training images of class y with latents z_a, z_b and U_y the top principal axes of class
@@ -12,29 +12,15 @@ classwise gaussians").  The images are written once and reused by every classifi
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from nfpi.cli import parse_slices, provenance, stage_parser, start_stage
+from nfpi.augment import AugmentConfig
 from nfpi.io import atomic_path, atomic_write_json
 
-log = logging.getLogger("nfpi.nfaugment")
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """The ``augment`` config slice."""
-
-    copies: int = 1  # augmented images per training image
-    beta_max: float = 0.5  # beta ~ U(0, beta_max)
-    num_axes: int = 8  # principal axes per class (U_y has this many columns)
-    seed: int = 0
-    batch_size: int = 256
-    figure_rows: int = 6  # Fig. 2: originals shown
-    figure_variants: int = 3  # Fig. 2: augmented variants per original
-    device: str = "auto"
+log = logging.getLogger("nfpi.stages.nfaugment")
 
 
 def main(argv: list[str] | None = None) -> None:

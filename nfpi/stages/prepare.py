@@ -1,18 +1,16 @@
 """Stage ``prepare``: turn a dataset source into the uint8 on-disk format every later stage reads.
 
-    python -m nfpi.prepare --config '{"data": {...}}' --out-dir results/<run>/data --size-multiple 4
+    python -m nfpi prepare --config '{"data": {...}}' --out-dir results/<run>/data --size-multiple 4
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 
 from nfpi.cli import parse_slices, stage_parser, start_stage
-from nfpi.config import ConfigError
-from nfpi.data import DataConfig, DataError, prepare_dataset
+from nfpi.data import DataConfig, prepare_dataset
 
-log = logging.getLogger("nfpi.prepare")
+log = logging.getLogger("nfpi.stages.prepare")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,12 +23,3 @@ def main(argv: list[str] | None = None) -> None:
     meta = prepare_dataset(cfg, args.out_dir, size_multiple=args.size_multiple, num_workers=max(args.threads, 1))
     log.info("prepared %s: %s classes, image shape %s, counts %s",
              meta.get("name"), meta.get("num_classes"), meta.get("image_shape"), meta.get("counts"))
-
-
-if __name__ == "__main__":
-    try:
-        main()
-    except (DataError, ConfigError) as exc:
-        # A data problem is the user's to fix: one line naming the file (the rule echoes it), no traceback.
-        # Nothing is half-written: arrays go through atomic_path and meta.json (completeness) is never written.
-        sys.exit("nfpi prepare error: " + " ".join(str(exc).split()))

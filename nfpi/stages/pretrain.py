@@ -1,8 +1,8 @@
 """Stage ``pretrain``: train the flow with the standard N(0, I) prior (the monomodal NF of Section 3).
 
-    python -m nfpi.pretrain --config '{"flow": {...}, "train": {...}}' --data-dir D --out flows/pretrain.pt
+    python -m nfpi pretrain --config '{"flow": {...}, "train": {...}}' --data-dir D --out flows/pretrain.pt
 
-``nfpi.finetune`` continues from its checkpoint on the solved class Gaussians with the same training
+``nfpi.stages.finetune`` continues from its checkpoint on the solved class Gaussians with the same training
 loop (``nfpi.training.train_flow``).  ``train.n_bits`` (null: the prepared data's bit depth, 4 for
 digits and 8 for the other sources) is the quantisation every later stage uses (it is recorded in the
 checkpoint).  Under ``torchrun`` every process runs this module;
@@ -23,7 +23,7 @@ from nfpi.io import atomic_write_json, atomic_write_text, to_jsonable
 from nfpi.runtime import seed_everything
 from nfpi.training import TrainConfig, resume_path, train_flow
 
-log = logging.getLogger("nfpi.pretrain")
+log = logging.getLogger("nfpi.stages.pretrain")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,10 +1,10 @@
 """Stage ``resolved_config``: the run's whole resolved config (schema defaults filled in) beside its results.
 
-    python -m nfpi.resolved_config --config '<the whole config as JSON>' --out results/<run>/config.resolved.yaml
+    python -m nfpi resolved_config --config '<the whole config as JSON>' --out results/<run>/config.resolved.yaml
 
 Its own rule, so that ``tabulate`` can receive only the sections the tables depend on
 (:func:`nfpi.experiments.tables_slice`) while every config edit still refreshes this record.
-``nfpi.spread`` reads it to check that replicate runs differ only in their seed.
+``nfpi.stages.spread`` reads it to check that replicate runs differ only in their seed.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Stage ``sample``: class-conditional images from a trained flow at temperature T.
 
-    python -m nfpi.sample --config '{"sample": {...}}' --checkpoint flows/<setting>.pt \
+    python -m nfpi sample --config '{"sample": {...}}' --checkpoint flows/<setting>.pt \
         --out samples/<setting>.npz --grid figures/samples_<setting>.png
 
 ``z ~ N(mu_y, T^2 v_y)``, ``x = f^{-1}(z)`` (spec, "Sampling at temperature T"); the same number of
@@ -10,27 +10,15 @@ images per class, so a classifier trained on them sees balanced labels (CNN-Acc)
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from nfpi.cli import parse_slices, provenance, stage_parser, start_stage
+from nfpi.evaluation import SampleConfig
 from nfpi.io import atomic_path, atomic_write_json
 
-log = logging.getLogger("nfpi.sample")
-
-
-@dataclass(frozen=True)
-class SampleConfig:
-    """The ``sample`` config slice."""
-
-    per_class: int = 200  # images generated per class (the CNN's whole training set)
-    temperature: float = 0.8  # T in z ~ N(mu_y, T^2 v_y)
-    seed: int = 0
-    batch_size: int = 256
-    grid_per_class: int = 10  # columns of the per-class image grid
-    device: str = "auto"
+log = logging.getLogger("nfpi.stages.sample")
 
 
 def main(argv: list[str] | None = None) -> None:

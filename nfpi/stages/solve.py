@@ -1,6 +1,6 @@
 """Stage ``solve``: class Gaussians from the pretrained flow's latents (NFPI, Baseline 1 or Baseline 2).
 
-    python -m nfpi.solve --config '{"setting": {"method": "fpi", "fpi": {...}}}' \
+    python -m nfpi solve --config '{"setting": {"method": "fpi", "fpi": {...}}}' \
         --latents latents/pretrain/train.parquet --data-dir D --out gaussians/<setting>.pt --out-json ...
 
 One streaming pass over the latent file accumulates the class statistics (n_y, m_y, q_y) in
@@ -27,7 +27,7 @@ from nfpi.cli import provenance, stage_parser, start_stage
 from nfpi.config import ConfigError, from_mapping
 from nfpi.io import atomic_path, atomic_write_json, read_json
 
-log = logging.getLogger("nfpi.solve")
+log = logging.getLogger("nfpi.stages.solve")
 
 
 def solve_setting(stats: Any, spec: dict[str, Any]) -> Any:

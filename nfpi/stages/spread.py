@@ -1,6 +1,6 @@
 """Tool ``spread``: Table 1's numbers over replicate runs (seeds), as mean, standard deviation and range.
 
-    python -m nfpi.spread results/digits results/digits_seed1 results/digits_seed2 \
+    python -m nfpi spread results/digits results/digits_seed1 results/digits_seed2 \
         --out results/digits/tables/seeds
 
 A replicate run is the same config with another ``seed`` (added to every stage's seed; the data
@@ -24,7 +24,7 @@ from nfpi.experiments import settings_from_config, table_settings
 from nfpi.io import atomic_write_json
 from nfpi.tables import Cell, Table, load_metrics, lookup, write_table
 
-log = logging.getLogger("nfpi.spread")
+log = logging.getLogger("nfpi.stages.spread")
 
 _FREE = ("run", "seed", "experiments")  # what may differ between replicates
 

@@ -1,6 +1,6 @@
 """Stage ``tabulate``: Tables 1-6 of the paper from the run's metrics files.
 
-    python -m nfpi.tabulate --config '<the whole run config as JSON>' --results results/<run> \
+    python -m nfpi tabulate --config '<the whole run config as JSON>' --results results/<run> \
         --out-dir results/<run>/tables
 
 Its config slice is the whole config: a table depends on everything upstream, and checking each
@@ -27,7 +27,7 @@ from nfpi.experiments import ablation_rows, lambda_setting_name, lineage_hash, s
 from nfpi.io import atomic_write_json, atomic_write_text
 from nfpi.tables import Cell, Table, cell_from, load_metrics, lookup, rows_markdown, write_table
 
-log = logging.getLogger("nfpi.tabulate")
+log = logging.getLogger("nfpi.stages.tabulate")
 
 PCT = 100.0
 

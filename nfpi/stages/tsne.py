@@ -1,6 +1,6 @@
 """Stage ``tsne``: Fig. 1 of the paper, t-SNE panels of the latent space.
 
-    python -m nfpi.tsne --config '{"figures": {...}}' --latents latents/pretrain/train.parquet \
+    python -m nfpi tsne --config '{"figures": {...}}' --latents latents/pretrain/train.parquet \
         --gaussians baseline1=gaussians/baseline1.pt small=gaussians/lam10.pt large=gaussians/lam1000.pt \
         --data-dir D --out figures/fig1_tsne.png
 
@@ -12,24 +12,15 @@ panel is its own openTSNE embedding (PCA initialisation, fixed seed), coloured b
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from nfpi.cli import parse_slices, provenance, stage_parser, start_stage
+from nfpi.figures import FiguresConfig
 from nfpi.io import atomic_write_json
 
-log = logging.getLogger("nfpi.tsne")
-
-
-@dataclass(frozen=True)
-class FiguresConfig:
-    """The ``figures`` config slice."""
-
-    tsne_per_class: int = 100  # points per class in each t-SNE panel
-    perplexity: float = 30.0
-    seed: int = 0
+log = logging.getLogger("nfpi.stages.tsne")
 
 
 def main(argv: list[str] | None = None) -> None:

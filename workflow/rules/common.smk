@@ -1,5 +1,5 @@
 # Shared definitions: config validation, the run's results folder, settings, config slices,
-# resources and the launcher (python, or torchrun with one process per GPU).
+# resources and the one launcher of every rule (`python -m nfpi <stage>`, or torchrun with one process per GPU).
 import json
 import os
 import shlex
@@ -66,11 +66,12 @@ def slices(**sections):
 PY = shlex.quote(sys.executable)
 
 
-def launcher(gpus):
-    """The interpreter for CPU / one GPU; torchrun with one process per GPU otherwise (one code path)."""
+def launch(stage, gpus=1):
+    """The one launcher of every rule: ``python -m nfpi <stage>`` (nfpi/stages/<stage>.py); with more than one
+    GPU, torchrun with one process per GPU running the same command (one code path)."""
     if int(gpus) > 1:
-        return f"{PY} -m torch.distributed.run --standalone --nproc_per_node={int(gpus)}"
-    return PY
+        return f"{PY} -m torch.distributed.run --standalone --nproc_per_node={int(gpus)} -m nfpi {stage}"
+    return f"{PY} -m nfpi {stage}"
 
 
 def gpu_resources(kind="train"):

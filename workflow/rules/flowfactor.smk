@@ -27,6 +27,7 @@ rule flowfactor:
         figure=report(f"{R}/figures/flowfactor_trajectories.png", category="Figures",
                       labels={"figure": "flowfactor trajectories"}),
     params:
+        launch=launch("flowfactor"),
         cfg=lambda wc: slices(flowfactor=config["flowfactor"]),
         chash=lambda wc: (lineage_hash(config, "nfpi", "flowfactor") if _flowfactor_flow() == "nfpi"
                           else lineage_hash(config, None, "flowfactor")),
@@ -40,6 +41,6 @@ rule flowfactor:
     resources:
         **cpu_resources("cpu"),
     shell:
-        "{PY} -m nfpi.factorize --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
+        "{params.launch} --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
         " --flow {input.flow} --data-dir $(dirname {input.meta}) --out-dir {params.out}"
         " --tables-dir {params.tables} --figure {output.figure} > {log} 2>&1"

@@ -1,4 +1,5 @@
-# Stage: prepare. Any dataset source -> uint8 arrays per split + meta.json (written last).
+# Stage prepare (nfpi/stages/prepare.py): any dataset source -> uint8 arrays per split + meta.json
+# (written last). Config section `data`; library nfpi.data.
 
 
 rule prepare:
@@ -8,6 +9,7 @@ rule prepare:
     output:
         meta=f"{R}/data/meta.json",
     params:
+        launch=launch("prepare"),
         cfg=lambda wc: slices(data=config["data"]),
         chash=lambda wc: lineage_hash(config),
         multiple=2**LEVELS,
@@ -20,7 +22,7 @@ rule prepare:
     resources:
         **cpu_resources(),
     shell:
-        "{PY} -m nfpi.prepare --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
+        "{params.launch} --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
         " --out-dir {params.out} --size-multiple {params.multiple} > {log} 2>&1"
         # a data error is one line at the end of the log: show it in Snakemake's output too
         " || {{ tail -n 1 {log} >&2; exit 1; }}"

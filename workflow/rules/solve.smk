@@ -1,7 +1,8 @@
-# Stage: solve. Class Gaussians for each setting (Baseline 1, Baseline 2 = GD, NFPI, lambda sweep,
+# Stage solve (nfpi/stages/solve.py). Class Gaussians for each setting (Baseline 1, Baseline 2 = GD, NFPI, lambda sweep,
 # ablations) from one streaming pass over the pretrained flow's training latents. With fpi.lam: auto,
 # the NFPI settings run the lambda path (nfpi.lampath) and choose lambda on the validation latents; the
-# GD settings then use the lambda the `nfpi` setting chose. Stage lambda_path: its table and figure.
+# GD settings then use the lambda the `nfpi` setting chose. Rule lambda_path (lambda_path.smk):
+# its table and figure.
 
 
 def _solve_inputs(wc):
@@ -32,6 +33,7 @@ rule solve:
         gaussians=f"{R}/gaussians/{{setting}}.pt",
         record=f"{R}/gaussians/{{setting}}.json",
     params:
+        launch=launch("solve"),
         cfg=lambda wc: slices(setting=SETTINGS[wc.setting].spec),
         chash=lambda wc: lineage_hash(config, wc.setting),
         extra=_solve_extra,
@@ -43,26 +45,6 @@ rule solve:
     resources:
         **cpu_resources(),
     shell:
-        "{PY} -m nfpi.solve --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
+        "{params.launch} --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
         " --name {wildcards.setting} --latents {input.latents} --data-dir $(dirname {input.meta}) {params.extra}"
         " --out {output.gaussians} --out-json {output.record} > {log} 2>&1"
-
-
-rule lambda_path:
-    input:
-        record=f"{R}/gaussians/nfpi.json",
-    output:
-        table=f"{R}/tables/lambda_path.md",
-        figure=report(f"{R}/figures/lambda_path.png", category="Figures", labels={"figure": "lambda path"}),
-    params:
-        tables=f"{R}/tables",
-    log:
-        f"{R}/logs/lambda_path.log",
-    benchmark:
-        f"{R}/benchmarks/lambda_path.tsv",
-    threads: 1
-    resources:
-        **cpu_resources(),
-    shell:
-        "{PY} -m nfpi.lambda_path --record {input.record} --tables-dir {params.tables} --figure {output.figure}"
-        " > {log} 2>&1"
