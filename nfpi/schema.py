@@ -340,7 +340,7 @@ def build_schema() -> dict[str, Any]:
     from nfpi.latent_ot import LatentOTConfig
     from nfpi.augment import AugmentConfig
     from nfpi.training import FinetuneConfig, TrainConfig
-    from nfpi.figures import FiguresConfig
+    from nfpi.report.figures import FiguresConfig
 
     gd_keys = ("optimizer", "steps", "lr", "gd_vmin", "gd_vmax")
     fpi_keys = tuple(f.name for f in dataclasses.fields(FPIConfig) if f.name not in gd_keys + ("method", "policy"))

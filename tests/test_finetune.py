@@ -17,7 +17,7 @@ import torch
 from nfpi.stages import finetune, solve
 from nfpi.config import ConfigError
 from nfpi.data import PreparedData
-from nfpi.density import ClassGaussianPrior
+from nfpi.density import load_gaussians
 from nfpi.evaluation import latent_class_stats
 from nfpi.training import FinetuneConfig, round_steps
 from nfpi.fpi import FPIConfig, solve as fpi_solve
@@ -86,7 +86,7 @@ def test_rounds_resolve_the_gaussians_on_the_current_flow(pipeline: dict[str, Pa
     # re-deriving round 2's Gaussians from round 1's weights is impossible (removed), but the
     # Gaussians it carries must be a stationary point of the solver on *some* latents, and differ
     # from round 0's (the flow moved).
-    g0 = ClassGaussianPrior.from_state_dict(torch.load(pipeline["gaussians"], weights_only=True)["prior"])
+    g0, _ = load_gaussians(pipeline["gaussians"])
     assert not torch.allclose(final.prior.means, g0.means)
     assert torch.equal(final.prior.variances, torch.ones_like(final.prior.variances))  # identity covariance kept
 

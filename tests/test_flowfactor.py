@@ -202,7 +202,7 @@ def test_rollout_is_explicit_euler_and_accumulates_logdet() -> None:
 
 
 @pytest.fixture(scope="module")
-def trained(digits: tuple[torch.Tensor, torch.Tensor]) -> tuple[ff.FlowFactorConfig, ff.IdentityCodec, ff.TrainResult]:
+def trained(digits: tuple[torch.Tensor, torch.Tensor]) -> tuple[ff.FlowFactorConfig, ff.IdentityCodec, ff.PotentialFit]:
     """Supervised potentials for rotation and intensity on the identity codec over pixel space (d = 64)."""
     torch.set_num_threads(1)
     cfg = ff.FlowFactorConfig(transformations=("rotate", "intensity"), steps=4, substeps=1, hidden=32,

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 
+from nfpi.density import load_gaussians
 from nfpi.config import ConfigError, from_mapping
 from nfpi.fpi import ClassStats, FPIConfig, objective, pairwise_kl, pi_normaliser, solve
 from nfpi.lampath import PathPoint, choose, cold_grid, gaussian_accuracy, geometric_grid, separation, solve_path
@@ -191,8 +192,8 @@ def test_solve_stage_records_the_path_and_uses_the_chosen_lambda(staged: dict[st
     assert len(path["points"]) == 4 and path["rule"] and path["reason"]
     assert rec["lam"] == path["chosen"] == path["points"][path["chosen_index"]]["lam"]
     assert rec["result"]["settings"]["lam_auto"] is True and "lambda path" in rec["result"]["message"]
-    g = torch.load(staged["root"] / "nfpi.pt", map_location="cpu", weights_only=True)
-    assert g["record"]["path"]["chosen"] == path["chosen"]
+    _, g_record = load_gaussians(staged["root"] / "nfpi.pt")
+    assert g_record["path"]["chosen"] == path["chosen"]
 
 
 def test_changing_test_labels_cannot_change_the_choice(staged: dict[str, Any]) -> None:

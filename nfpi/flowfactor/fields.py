@@ -74,7 +74,7 @@ __all__ = [
     "encode_sequences",
     "LossTerms",
     "flowfactor_loss",
-    "TrainResult",
+    "PotentialFit",
     "train_potentials",
     "infer_transformation",
     "move_latents",
@@ -775,7 +775,7 @@ def _logdet_method(cfg: FlowFactorConfig, d: int, choice: str | None = None) -> 
     return choice  # type: ignore[return-value]
 
 
-class TrainResult(NamedTuple):
+class PotentialFit(NamedTuple):
     """Trained potentials and their loss history (one dict of floats per logged step)."""
 
     bank: PotentialBank
@@ -785,7 +785,7 @@ class TrainResult(NamedTuple):
 
 def train_potentials(latents: Tensor, cfg: FlowFactorConfig, *, log_prior: Tensor | None = None,
                      weak: bool | None = None,
-                     log_every: int = 100, on_log: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+                     log_every: int = 100, on_log: Callable[[dict[str, float]], None] | None = None) -> PotentialFit:
     """Fit ``K`` potentials to latent sequences ``latents`` ``[K, N, T + 1, d]`` (flow frozen).
 
     Supervised mode uses sequence ``latents[k]`` for potential ``k``; weak mode pools all
@@ -842,7 +842,7 @@ def train_potentials(latents: Tensor, cfg: FlowFactorConfig, *, log_prior: Tenso
             if on_log is not None:
                 on_log(rec)
     bank.eval()
-    return TrainResult(bank, history, time.perf_counter() - t_start)
+    return PotentialFit(bank, history, time.perf_counter() - t_start)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ Per class ``y`` (all classes trained together as ``K`` independent networks, bat
    Carlo).  It reproduces training latents exactly (memorisation), which the evaluation measures.
 
 Evaluation helpers (latent W2 and MMD to held-out latents, mode coverage, nearest-neighbour distance)
-are pure functions here; the ``transport`` stage applies them to NFPI's Gaussians and to this prior on
+are pure functions here; the ``latent_ot`` stage applies them to NFPI's Gaussians and to this prior on
 the same latents.
 """
 
@@ -433,7 +433,7 @@ class LatentOTPrior(torch.nn.Module):
     def from_state(cls, state: dict[str, Any], where: str = "latent OT state") -> LatentOTPrior:
         """Rebuild a prior saved with :meth:`state`."""
         if state.get("format") != "nfpi-latent-ot":
-            raise ValueError(f"{where}: not a latent OT prior (format {state.get('format')!r}); rerun the transport stage")
+            raise ValueError(f"{where}: not a latent OT prior (format {state.get('format')!r}); rerun the latent_ot stage")
         cfg = LatentOTConfig(**state["config"])
         sd = state["state_dict"]
         dtype = sd["mean"].dtype
@@ -445,11 +445,22 @@ class LatentOTPrior(torch.nn.Module):
         return prior
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Save atomically (``torch.save`` into :func:`nfpi.io.atomic_path`)."""
-        from nfpi.io import atomic_path
+        """Save atomically as an :mod:`nfpi.checkpoint` of kind ``"latent_ot_prior"`` (loader: :meth:`load`)."""
+        from nfpi.checkpoint import save_checkpoint
 
-        with atomic_path(path) as tmp:
-            torch.save(self.state(), tmp)
+        state = self.state()
+        save_checkpoint(path, kind="latent_ot_prior", model=state["state_dict"], config=state["config"],
+                        extra={"num_classes": state["num_classes"], "dim": state["dim"]})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> LatentOTPrior:
+        """The one loader of kind ``"latent_ot_prior"`` (``latent_ot/prior.pt``), ``weights_only``."""
+        from nfpi.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path, expected_kind="latent_ot_prior")
+        return cls.from_state({"format": "nfpi-latent-ot", "version": 1, "config": ckpt["config"],
+                               "num_classes": ckpt["extra"]["num_classes"], "dim": ckpt["extra"]["dim"],
+                               "state_dict": ckpt["model"]}, where=str(path))
 
 
 def _class_batches(cls: ClassLatents, b: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:

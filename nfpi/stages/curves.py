@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nfpi.cli import stage_parser, start_stage
-from nfpi.figures import training_curves
+from nfpi.report.figures import training_curves
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from nfpi.data import PreparedData
-    from nfpi.density import ClassGaussianPrior
+    from nfpi.density import ClassGaussianPrior, load_gaussians
     from nfpi.evaluation import evaluate_flow, extract_latents, latent_class_stats
     from nfpi.lampath import solve_path
     from nfpi.fpi import FPIConfig, solve
@@ -95,8 +95,7 @@ def main(argv: list[str] | None = None) -> None:
 
     data = PreparedData(args.data_dir)
     train_set = data.dataset("train")
-    g = torch.load(args.gaussians, map_location="cpu", weights_only=True)
-    prior = ClassGaussianPrior.from_state_dict(g["prior"])
+    prior, g_record = load_gaussians(args.gaussians)
     out = Path(args.out)
     work = out.with_name(out.name + ".rounds")
     plan = round_steps(cfg.steps, cfg.rounds)
@@ -126,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
                                                                 prior.variances.to(torch.float64)))
                 sol = path.result
             elif solver.lam == "auto":  # GD under lam: auto: the lambda its Gaussians were solved with
-                sol = solve(stats, dataclasses.replace(solver, lam=float(g["record"]["result"]["settings"]["lam"])))
+                sol = solve(stats, dataclasses.replace(solver, lam=float(g_record["result"]["settings"]["lam"])))
             else:
                 sol = solve(stats, solver)
             prior = ClassGaussianPrior.from_solution(sol.means, sol.variances)

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from nfpi.cli import stage_parser, start_stage
 from nfpi.config import ConfigError
-from nfpi.figures import lambda_path_figure
+from nfpi.report.figures import lambda_path_figure
 from nfpi.io import read_json
 from nfpi.lampath import path_table
-from nfpi.tables import write_table
+from nfpi.report.tables import write_table
 
 
 def main(argv: list[str] | None = None) -> None:

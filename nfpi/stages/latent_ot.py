@@ -37,104 +37,20 @@ from torch import Tensor
 
 from nfpi.cli import parse_slices, provenance, stage_parser, start_stage
 from nfpi.io import atomic_path, atomic_write_json
-from nfpi.progress import progress
 from nfpi.latent_ot import (
+    METHODS,
     LatentOTConfig,
-    LatentOTPrior,
+    by_class,
+    class_modes,
+    comparison_table,
     fit_latent_ot,
+    grid_figure,
+    image_metrics,
+    latent_metrics,
     median_bandwidth,
-    mmd2,
-    mode_coverage,
-    nearest_neighbour_distance,
-    wasserstein2,
 )
 
 log = logging.getLogger("nfpi.stages.latent_ot")
-
-METHODS: dict[str, str] = {
-    "nfpi": "NFPI Gaussians",
-    "ot_map": "Latent OT (map)",
-    "ot_semi_discrete": "Latent OT (semi-discrete)",
-    "real_train": "Real training data (reference)",
-}
-
-
-def decode(flow: torch.nn.Module, z: Tensor, *, batch_size: int = 256, device: torch.device | str = "cpu",
-           n_bits: int = 8) -> Tensor:
-    """``x = f^{-1}(z)`` for latents ``z [B, D]`` as uint8 images ``[B, C, H, W]`` (spec, "Sampling");
-    ``n_bits``: the bits per channel the flow was trained on."""
-    from nfpi.density import postprocess
-
-    out = []
-    with torch.inference_mode():
-        for s in progress(range(0, len(z), batch_size), desc="decode latents", unit="batch", logger=log):
-            x = flow.inverse(z[s:s + batch_size].to(device, torch.float32))
-            out.append(postprocess(x.float().cpu(), n_bits=n_bits))
-    return torch.cat(out)
-
-
-def latent_metrics(z: Tensor, y: Tensor, test: dict[int, Tensor], train: dict[int, Tensor], cfg: LatentOTConfig,
-                   modes: dict[int, tuple[Tensor, Tensor]], bandwidth: dict[int, float]) -> dict[str, Any]:
-    """W2, MMD^2, mode coverage and latent nearest-neighbour distance per class and their means."""
-    per: dict[str, list[float]] = {"w2": [], "mmd2": [], "mode_coverage": [], "latent_nn_train": []}
-    for k in sorted(test):  # few classes, each an exact LP on <= eval_points points: not a hot path
-        zk = z[y == k][: cfg.eval_points]
-        tk = test[k][: cfg.eval_points]
-        per["w2"].append(wasserstein2(zk, tk))
-        per["mmd2"].append(mmd2(zk, tk, bandwidth[k]))
-        centres, share = modes[k]
-        covered, _ = mode_coverage(zk, centres, share, cfg.mode_min_share)
-        per["mode_coverage"].append(float(covered.double().mean()))
-        per["latent_nn_train"].append(float(nearest_neighbour_distance(zk, train[k]).median()))
-    return {**{k: float(np.mean(v)) for k, v in per.items()}, "per_class": per}
-
-
-def image_metrics(images: np.ndarray, labels: np.ndarray, clf: Any, train_flat: np.ndarray) -> dict[str, Any]:
-    """Classifier accuracy (labels = the class generated for) and pixel NN distance to the training set."""
-    flat = images.reshape(len(images), -1).astype(np.float64) / 255.0
-    pred = clf.predict(flat)
-    nn = nearest_neighbour_distance(torch.from_numpy(flat), torch.from_numpy(train_flat)).numpy()
-    return {
-        "classifier_acc": float((pred == labels).mean()),
-        "classifier_acc_per_class": [float((pred[labels == k] == k).mean()) for k in np.unique(labels)],
-        "nn_train_mean": float(nn.mean()),
-        "nn_train_median": float(np.median(nn)),
-        # exact uint8 copies of a training image (distinct images differ by >= 1/255 in some pixel)
-        "copy_fraction": float((nn < 0.5 / 255).mean()),
-    }
-
-
-def grid_figure(panels: dict[str, np.ndarray], labels: np.ndarray, per_class: int, path: str | Path,
-                title: str) -> None:
-    """One panel per method, one row per class, ``per_class`` images each (side by side, one PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from nfpi.figures import save_figure
-
-    classes = np.unique(labels)
-    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * per_class * 0.45, len(classes) * 0.45 + 0.6),
-                             squeeze=False, layout="constrained")
-    for ax, (name, images) in zip(axes[0], panels.items()):
-        c, h, w = images.shape[1:]
-        canvas = np.full((len(classes) * (h + 1), per_class * (w + 1), c), 255, np.uint8)
-        for r, k in enumerate(classes):
-            idx = np.flatnonzero(labels == k)[:per_class]
-            for j, i in enumerate(idx):
-                canvas[r * (h + 1): r * (h + 1) + h, j * (w + 1): j * (w + 1) + w] = images[i].transpose(1, 2, 0)
-        ax.imshow(canvas[..., 0] if c == 1 else canvas, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        ax.set_title(name, fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([(h + 1) * r + h / 2 for r in range(len(classes))])
-        ax.set_yticklabels([str(int(k)) for k in classes], fontsize=6)
-    fig.suptitle(title, fontsize=9)
-    save_figure(fig, path)
-
-
-def _by_class(z: Tensor, y: Tensor, k: int) -> dict[int, Tensor]:
-    return {c: z[y == c] for c in range(k)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -152,14 +68,14 @@ def main(argv: list[str] | None = None) -> None:
     cfg: LatentOTConfig = parse_slices(args.config, latent_ot=LatentOTConfig)["latent_ot"]
     t_start = time.perf_counter()
 
-    from sklearn.cluster import KMeans
     from sklearn.linear_model import LogisticRegression
 
     from nfpi.data import PreparedData
-    from nfpi.density import ClassGaussianPrior
+    from nfpi.density import load_gaussians
+    from nfpi.evaluation import decode_latents
     from nfpi.latents import open_latents
+    from nfpi.report.tables import write_table
     from nfpi.runtime import select_device
-    from nfpi.tables import Cell, Table, write_table
     from nfpi.training import load_trained_flow
 
     device = select_device(cfg.device)
@@ -168,10 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     trained = load_trained_flow(args.flow, map_location=device)
     prior_g = trained.prior
     if args.gaussians:
-        state = torch.load(args.gaussians, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or "prior" not in state:
-            raise ValueError(f"{args.gaussians}: not a gaussians file (no 'prior' key); rerun the solve stage")
-        prior_g = ClassGaussianPrior.from_state_dict(state["prior"])
+        prior_g, _ = load_gaussians(args.gaussians)
     if prior_g is None:
         raise ValueError(f"{args.flow}: the checkpoint has no class Gaussians; pass --gaussians gaussians/nfpi.pt")
     prior_g = prior_g.to("cpu", torch.float64)
@@ -216,20 +129,15 @@ def main(argv: list[str] | None = None) -> None:
     images: dict[str, np.ndarray] = {}
     flow = trained.flow.to(device)
     for name, z in latents.items():
-        images[name] = train_images[pick_t.numpy()] if name == "real_train" else decode(flow, z, device=device, n_bits=trained.n_bits).numpy()
+        images[name] = train_images[pick_t.numpy()] if name == "real_train" else decode_latents(flow, z, device=device, n_bits=trained.n_bits).numpy()
 
     # -- evaluation context: held-out latents, modes, kernel widths, the independent classifier
-    test_by, train_by = _by_class(zte, yte, k), _by_class(ztr, ytr, k)
+    test_by, train_by = by_class(zte, yte, k), by_class(ztr, ytr, k)
     small = [c for c, t in test_by.items() if len(t) < 2]
     if small:
         raise ValueError(f"{args.latents_test}: classes {small} have fewer than 2 held-out latents; W2/MMD need more")
     bandwidth = {c: median_bandwidth(t[: cfg.eval_points]) for c, t in test_by.items()}
-    modes: dict[int, tuple[Tensor, Tensor]] = {}
-    for c, t in train_by.items():
-        n_modes = min(cfg.mode_clusters, len(t))
-        km = KMeans(n_clusters=n_modes, n_init=4, random_state=cfg.seed).fit(t.numpy())
-        share = torch.from_numpy(np.bincount(km.labels_, minlength=n_modes) / len(t))
-        modes[c] = (torch.from_numpy(km.cluster_centers_), share)
+    modes = class_modes(train_by, cfg.mode_clusters, cfg.seed)
     train_flat = train_images.reshape(len(train_images), -1).astype(np.float64) / 255.0
     clf = LogisticRegression(max_iter=2000, C=1.0).fit(train_flat, train_labels)
     test_images = np.asarray(data.images("test"))
@@ -258,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
 
     prov = provenance(args.config_hash)
     metrics = {
-        "stage": "transport",
+        "stage": "latent_ot",
         "methods": methods,
         "real_test": real_test,
         "fit": report,
@@ -274,39 +182,10 @@ def main(argv: list[str] | None = None) -> None:
         "provenance": prov,
     }
     src = str(out_dir / "metrics.json")
-    cols = ["Method", "latent W2 (test) ↓", "MMD² (test) ↓", "Mode coverage ↑", "Classifier acc. (%) ↑",
-            "NN dist. to train", "Exact copies (%)"]
-    rows = []
-    for name, m in methods.items():
-        rows.append([Cell(m["label"]),
-                     Cell(m["w2"], src, f"methods.{name}.w2", "{:.3f}"),
-                     Cell(m["mmd2"], src, f"methods.{name}.mmd2", "{:.4f}"),
-                     Cell(m["mode_coverage"], src, f"methods.{name}.mode_coverage", "{:.2f}"),
-                     Cell(100 * m["classifier_acc"], src, f"methods.{name}.classifier_acc", "{:.1f}"),
-                     Cell(m["nn_train_mean"], src, f"methods.{name}.nn_train_mean", "{:.3f}"),
-                     Cell(100 * m["copy_fraction"], src, f"methods.{name}.copy_fraction", "{:.1f}")])
-    rows.append([Cell("Real test images (reference)"), Cell(None, note="-"), Cell(None, note="-"),
-                 Cell(None, note="-"),
-                 Cell(100 * real_test["classifier_acc"], src, "real_test.classifier_acc", "{:.1f}"),
-                 Cell(real_test["nn_train_mean"], src, "real_test.nn_train_mean", "{:.3f}"),
-                 Cell(100 * real_test["copy_fraction"], src, "real_test.copy_fraction", "{:.1f}")])
-    table = Table(
-        name="latent_ot",
-        title="Latent OT prior (Liu et al. 2018) vs NFPI Gaussians on the NFPI flow's latents",
-        columns=cols,
-        rows=rows,
-        notes=[
-            f"{n} samples per class; W2 / MMD² against the held-out (test) latents of the same class (at most "
-            f"{cfg.eval_points} per class), averaged over classes; MMD² with a Gaussian kernel of median-heuristic width.",
-            f"Mode coverage: {cfg.mode_clusters} k-means modes per class on the training latents; covered when the "
-            f"generated share is >= {cfg.mode_min_share:g} x the training share.",
-            "Classifier: logistic regression on real training pixels (independent of the flow); NN distance: "
-            "pixel L2 in [0, 1] to the closest training image.",
-            f"NFPI sampled at T={cfg.temperature:g}; OT source: {cfg.source}; fit {report.seconds:.1f}s.",
-        ],
-        stamp={"config_hash": args.config_hash or "none", "nfpi_version": prov["nfpi_version"],
-               "git_revision": prov["git_revision"]},
-    )
+    stamp = {"config_hash": args.config_hash or "none", "nfpi_version": prov["nfpi_version"],
+             "git_revision": prov["git_revision"]}
+    table = comparison_table(methods, real_test, cfg, fit_seconds=report.seconds, samples_per_class=n, source=src,
+                             stamp=stamp)
     write_table(table, args.tables_dir)
     atomic_write_json(out_dir / "config.json", {"latent_ot": cfg})
     atomic_write_json(out_dir / "metrics.json", metrics)

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from nfpi.augment import class_principal_axes, nf_augment
     from nfpi.data import PreparedData
-    from nfpi.figures import augmentation_figure
+    from nfpi.report.figures import augmentation_figure
     from nfpi.latents import open_latents
     from nfpi.cli import load_flow_for_stage
 

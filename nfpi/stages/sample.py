@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     from nfpi.cli import load_flow_for_stage
     from nfpi.data import PreparedData
     from nfpi.evaluation import sample_images
-    from nfpi.figures import sample_grid
+    from nfpi.report.figures import sample_grid
 
     trained, device = load_flow_for_stage(args.checkpoint, cfg.device)
     data = PreparedData(args.data_dir)

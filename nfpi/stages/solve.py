@@ -25,7 +25,7 @@ import torch
 
 from nfpi.cli import provenance, stage_parser, start_stage
 from nfpi.config import ConfigError, from_mapping
-from nfpi.io import atomic_path, atomic_write_json, read_json
+from nfpi.io import atomic_write_json, read_json
 
 log = logging.getLogger("nfpi.stages.solve")
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         raise ConfigError("solve needs --config '{\"setting\": {<nfpi.fpi.FPIConfig keys>}}'")
 
     from nfpi.data import PreparedData
-    from nfpi.density import ClassGaussianPrior
+    from nfpi.density import ClassGaussianPrior, save_gaussians
     from nfpi.latents import class_stats
 
     data = PreparedData(args.data_dir)
@@ -107,8 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     if path is not None:
         record["path"] = path.to_dict()
-    with atomic_path(args.out, suffix=".pt") as tmp:
-        torch.save({"prior": prior.state_dict(), "record": json.loads(json.dumps(record, default=str))}, tmp)
+    save_gaussians(args.out, prior, json.loads(json.dumps(record, default=str)))
     atomic_write_json(args.out_json, record)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from nfpi.config import ConfigError
 from nfpi.experiments import settings_from_config, table_settings
 from nfpi.io import atomic_write_json
-from nfpi.tables import Cell, Table, load_metrics, lookup, write_table
+from nfpi.report.tables import Cell, Table, load_metrics, lookup, write_table
 
 log = logging.getLogger("nfpi.stages.spread")
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from nfpi.cli import parse_slices, provenance, stage_parser, start_stage
-from nfpi.figures import FiguresConfig
+from nfpi.report.figures import FiguresConfig
 from nfpi.io import atomic_write_json
 
 log = logging.getLogger("nfpi.stages.tsne")
@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg: FiguresConfig = parse_slices(args.config, figures=FiguresConfig)["figures"]
 
     from nfpi.data import PreparedData
-    from nfpi.density import ClassGaussianPrior
-    from nfpi.figures import tsne_embed, tsne_panels
+    from nfpi.density import load_gaussians
+    from nfpi.report.figures import tsne_embed, tsne_panels
     from nfpi.latents import open_latents
 
     data = PreparedData(args.data_dir)
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     labels = torch.arange(data.num_classes).repeat_interleave(cfg.tsne_per_class)
     for i, item in enumerate(args.gaussians):
         name, _, path = item.rpartition("=")  # labels may contain "=" (lambda=10)
-        prior = ClassGaussianPrior.from_state_dict(torch.load(path, map_location="cpu", weights_only=True)["prior"])
+        prior, _ = load_gaussians(path)
         zs = prior.sample(labels, temperature=1.0, generator=gen).numpy()
         panels.append((f"({letters[i]}) samples: {name}", zs, labels.numpy()))
     embedded = []

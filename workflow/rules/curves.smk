@@ -1,5 +1,5 @@
 # Stage curves (nfpi/stages/curves.py): the training curves of pretraining and fine-tuning. Library
-# nfpi.figures.
+# nfpi.report.figures.
 
 
 rule curves:

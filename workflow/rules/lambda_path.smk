@@ -1,5 +1,5 @@
 # Stage lambda_path (nfpi/stages/lambda_path.py): the table and figure of the lambda path the `nfpi`
-# setting's solve ran (fpi.lam: auto). Library nfpi.lampath, nfpi.figures.
+# setting's solve ran (fpi.lam: auto). Library nfpi.lampath, nfpi.report.figures.
 
 
 rule lambda_path:

@@ -1,5 +1,5 @@
 # Stage sample (nfpi/stages/sample.py): class-conditional images of a fine-tuned flow. Config section
-# `sample`; library nfpi.evaluation, nfpi.figures.
+# `sample`; library nfpi.evaluation, nfpi.report.figures.
 
 
 rule sample:

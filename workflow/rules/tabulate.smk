@@ -1,5 +1,5 @@
 # Stage tabulate (nfpi/stages/tabulate.py): Tables 1-6 and the results summary. Outputs marked report()
-# make up `snakemake --report` (categories Summary, Tables, Figures, Samples). Library nfpi.tables.
+# make up `snakemake --report` (categories Summary, Tables, Figures, Samples). Library nfpi.report.tables.
 
 
 def _table_inputs(wc):

@@ -1,5 +1,5 @@
 # Stage tsne (nfpi/stages/tsne.py): Fig. 1, t-SNE of the latents under Baseline 1 and NFPI Gaussians.
-# Config section `figures`; library nfpi.figures.
+# Config section `figures`; library nfpi.report.figures.
 
 
 def _fig1_gaussians(wc):

@@ -1,0 +1,115 @@
+"""Flow-factorized latent transformations (Song, Keller, Sebe & Welling, NeurIPS 2023) in an NF latent space.
+
+- :mod:`nfpi.flowfactor.fields`: the method: config, codecs (identity, linear, a trained flow), the potential
+  bank and its fields, Euler rollouts with their density change, the loss and training, and the errors
+  (equivariance, composition, sequence likelihood); the reconstruction is documented in docs/flowfactor.md.
+- :mod:`nfpi.flowfactor.adapt`: a transformation-aware copy of a trained flow (the pipeline's training loop).
+- :mod:`nfpi.flowfactor.evaluation`: identification, held-out bits/dim, the augmentation classifier comparison.
+- :mod:`nfpi.flowfactor.report`: the table and the trajectory figure.
+- :mod:`nfpi.flowfactor.store`: the potentials on disk (:mod:`nfpi.checkpoint` kind ``"flowfactor_potentials"``).
+
+The stage ``flowfactor`` (:mod:`nfpi.stages.flowfactor`) runs them::
+
+    >>> from nfpi import flowfactor as ff
+    >>> cfg = ff.FlowFactorConfig()
+    >>> codec = ff.IdentityCodec((1, 8, 8))
+    >>> lat = ff.encode_sequences(codec, ff.make_sequences(images, cfg.transformations, cfg.steps, cfg.params()))  # doctest: +SKIP
+    >>> res = ff.train_potentials(lat, cfg)                                                                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from nfpi.flowfactor.adapt import adapt_flow
+from nfpi.flowfactor.evaluation import classifier_comparison, codec_bits_per_dim, flow_bpd, identification
+from nfpi.flowfactor.fields import (
+    AsinhCodec,
+    FieldEval,
+    FlowCodec,
+    FlowFactorConfig,
+    IdentityCodec,
+    LatentCodec,
+    LinearCodec,
+    LossTerms,
+    PotentialBank,
+    Rollout,
+    TRANSFORMATIONS,
+    PotentialFit,
+    apply_flow_images,
+    augment_along_fields,
+    codec_from_trained,
+    composition_errors,
+    encode_sequences,
+    equivariance_errors,
+    field,
+    flowfactor_loss,
+    hessian,
+    hj_residual,
+    images_to_unit,
+    infer_transformation,
+    logdet_exact,
+    logdet_hutchinson,
+    make_sequences,
+    move_latents,
+    numpy_images,
+    permute_bank,
+    pixel_augment,
+    random_transform_copies,
+    rollout,
+    sequence_likelihood,
+    step_logdet,
+    train_potentials,
+    transform_images,
+    unit_to_images,
+)
+from nfpi.flowfactor.report import build_table, trajectory_figure
+from nfpi.flowfactor.store import load_potentials, save_potentials
+
+__all__ = [
+    "TRANSFORMATIONS",
+    "FlowFactorConfig",
+    "LatentCodec",
+    "IdentityCodec",
+    "LinearCodec",
+    "FlowCodec",
+    "AsinhCodec",
+    "codec_from_trained",
+    "PotentialBank",
+    "permute_bank",
+    "FieldEval",
+    "field",
+    "hessian",
+    "logdet_exact",
+    "logdet_hutchinson",
+    "step_logdet",
+    "Rollout",
+    "rollout",
+    "hj_residual",
+    "transform_images",
+    "make_sequences",
+    "encode_sequences",
+    "LossTerms",
+    "flowfactor_loss",
+    "PotentialFit",
+    "train_potentials",
+    "infer_transformation",
+    "move_latents",
+    "apply_flow_images",
+    "equivariance_errors",
+    "composition_errors",
+    "sequence_likelihood",
+    "augment_along_fields",
+    "pixel_augment",
+    "random_transform_copies",
+    "images_to_unit",
+    "unit_to_images",
+    "numpy_images",
+    "adapt_flow",
+    "classifier_comparison",
+    "codec_bits_per_dim",
+    "flow_bpd",
+    "identification",
+    "build_table",
+    "trajectory_figure",
+    "save_potentials",
+    "load_potentials",
+]
