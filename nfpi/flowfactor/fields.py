@@ -715,7 +715,6 @@ def flowfactor_loss(bank: PotentialBank, seq: Tensor, cfg: FlowFactorConfig, *, 
     K, d, T = bank.num, bank.dim, cfg.steps
     if weak:
         seq = seq.unsqueeze(0).expand(K, *seq.shape)
-    use_ld = cfg.density_weight > 0
     ro = rollout(bank, seq[:, :, 0], T, cfg.substeps, cfg.step_size, create_graph=True)
     err = (ro.states[:, :, 1:] - seq[:, :, 1:]).pow(2).mean((-1, -2))  # [K, B]
     if weak:
