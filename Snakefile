@@ -32,8 +32,10 @@ include: "workflow/rules/common.smk"
 APPTAINER = DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method
 IMAGE = config["container"] if "://" in config["container"] else os.path.join(workflow.basedir, config["container"])
 if APPTAINER and "://" not in IMAGE and not os.path.isfile(IMAGE):
-    raise WorkflowError(f"container: {IMAGE} (config key `container`) does not exist: build it with `apptainer build "
-                        f"{IMAGE} docker-daemon://nfpi:latest` (docs/cluster.md) or pass --config container=<image URI>")
+    raise WorkflowError(
+        f"container: {IMAGE} (config key `container`) does not exist: build it with `apptainer build "
+        f"{IMAGE} docker-daemon://nfpi:latest` (docs/cluster.md) or pass --config container=<image URI>"
+    )
 if APPTAINER:
     PY = "python"
 
@@ -48,9 +50,9 @@ onstart:
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True
 
 
 rule tables:

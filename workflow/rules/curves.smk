@@ -8,14 +8,14 @@ rule curves:
         finetune=[f"{R}/flows/{s}.jsonl" for s in TABLES.get("table1", ["nfpi"])],
     output:
         report(f"{R}/figures/training_curves.png", category="Figures", labels={"figure": "training curves"}),
-    params:
-        launch=launch("curves"),
     log:
         f"{R}/logs/curves.log",
     benchmark:
-        f"{R}/benchmarks/curves.tsv",
+        f"{R}/benchmarks/curves.tsv"
     threads: 1
     resources:
         **cpu_resources(),
+    params:
+        launch=launch("curves"),
     shell:
         "{params.launch} --out {output} {input.pretrain} {input.finetune} > {log} 2>&1"

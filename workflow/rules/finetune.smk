@@ -4,7 +4,6 @@
 
 
 rule finetune:
-    priority: 20
     input:
         init=f"{R}/flows/pretrain.pt",
         gaussians=f"{R}/gaussians/{{setting}}.pt",
@@ -13,18 +12,19 @@ rule finetune:
         ckpt=f"{R}/flows/{{setting}}.pt",
         metrics=f"{R}/flows/{{setting}}.json",
         curve=f"{R}/flows/{{setting}}.jsonl",
+    log:
+        f"{R}/logs/finetune_{{setting}}.log",
+    benchmark:
+        f"{R}/benchmarks/finetune_{{setting}}.tsv"
+    priority: 20
+    threads: config["threads"]["other"]
+    resources:
+        **gpu_resources("train"),
     params:
         # The setting's solver spec too: rounds > 1 re-solve the Gaussians on the current latents.
         cfg=lambda wc: slices(train=config["finetune"], setting=SETTINGS[wc.setting].spec),
         chash=lambda wc: lineage_hash(config, wc.setting),
         launch=lambda wc, resources: launch("finetune", resources.gpu),
-    log:
-        f"{R}/logs/finetune_{{setting}}.log",
-    benchmark:
-        f"{R}/benchmarks/finetune_{{setting}}.tsv",
-    threads: config["threads"]["other"]
-    resources:
-        **gpu_resources("train"),
     shell:
         "{params.launch} --config {params.cfg:q} --config-hash {params.chash}"
         " --threads {threads} --data-dir $(dirname {input.meta}) --init {input.init} --gaussians {input.gaussians}"

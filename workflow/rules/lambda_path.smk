@@ -8,16 +8,15 @@ rule lambda_path:
     output:
         table=f"{R}/tables/lambda_path.md",
         figure=report(f"{R}/figures/lambda_path.png", category="Figures", labels={"figure": "lambda path"}),
-    params:
-        launch=launch("lambda_path"),
-        tables=f"{R}/tables",
     log:
         f"{R}/logs/lambda_path.log",
     benchmark:
-        f"{R}/benchmarks/lambda_path.tsv",
+        f"{R}/benchmarks/lambda_path.tsv"
     threads: 1
     resources:
         **cpu_resources(),
+    params:
+        launch=launch("lambda_path"),
+        tables=lambda wc, output: os.path.dirname(output.table),
     shell:
-        "{params.launch} --record {input.record} --tables-dir {params.tables} --figure {output.figure}"
-        " > {log} 2>&1"
+        "{params.launch} --record {input.record} --tables-dir {params.tables} --figure {output.figure}" " > {log} 2>&1"

@@ -10,18 +10,20 @@ rule nfaugment:
     output:
         npz=f"{R}/augment/nf_train.npz",
         record=f"{R}/augment/nf_train.json",
-        figure=report(f"{R}/figures/fig2_augment.png", category="Figures", labels={"figure": "Fig. 2 (NF augmentation)"}),
+        figure=report(
+            f"{R}/figures/fig2_augment.png", category="Figures", labels={"figure": "Fig. 2 (NF augmentation)"}
+        ),
+    log:
+        f"{R}/logs/nfaugment.log",
+    benchmark:
+        f"{R}/benchmarks/nfaugment.tsv"
+    threads: config["threads"]["other"]
+    resources:
+        **gpu_resources("infer"),
     params:
         launch=launch("nfaugment"),
         cfg=lambda wc: slices(augment=config["augment"]),
         chash=lambda wc: lineage_hash(config, "nfpi", "augment"),
-    log:
-        f"{R}/logs/nfaugment.log",
-    benchmark:
-        f"{R}/benchmarks/nfaugment.tsv",
-    threads: config["threads"]["other"]
-    resources:
-        **gpu_resources("infer"),
     shell:
         "{params.launch} --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
         " --checkpoint {input.ckpt} --latents {input.latents} --data-dir $(dirname {input.meta})"

@@ -3,24 +3,24 @@
 
 
 rule prepare:
+    output:
+        meta=f"{R}/data/meta.json",
+    log:
+        f"{R}/logs/prepare.log",
+    benchmark:
+        f"{R}/benchmarks/prepare.tsv"
     # A download needs internet, which cluster compute nodes often lack: then prepare runs on the
     # submit host (a local job under the SLURM executor; no effect on a local run).
     localrule: bool(config["data"].get("download", False))
-    output:
-        meta=f"{R}/data/meta.json",
+    threads: 1
+    resources:
+        **cpu_resources(),
     params:
         launch=launch("prepare"),
         cfg=lambda wc: slices(data=config["data"]),
         chash=lambda wc: lineage_hash(config),
         multiple=2**LEVELS,
-        out=f"{R}/data",
-    log:
-        f"{R}/logs/prepare.log",
-    benchmark:
-        f"{R}/benchmarks/prepare.tsv",
-    threads: 1
-    resources:
-        **cpu_resources(),
+        out=lambda wc, output: os.path.dirname(output.meta),
     shell:
         "{params.launch} --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
         " --out-dir {params.out} --size-multiple {params.multiple} > {log} 2>&1"

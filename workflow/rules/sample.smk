@@ -10,17 +10,17 @@ rule sample:
         npz=f"{R}/samples/{{setting}}.npz",
         record=f"{R}/samples/{{setting}}.json",
         grid=report(f"{R}/figures/samples_{{setting}}.png", category="Samples", labels={"setting": "{setting}"}),
+    log:
+        f"{R}/logs/sample_{{setting}}.log",
+    benchmark:
+        f"{R}/benchmarks/sample_{{setting}}.tsv"
+    threads: config["threads"]["other"]
+    resources:
+        **gpu_resources("infer"),
     params:
         launch=launch("sample"),
         cfg=lambda wc: slices(sample=config["sample"]),
         chash=lambda wc: lineage_hash(config, wc.setting, "sample"),
-    log:
-        f"{R}/logs/sample_{{setting}}.log",
-    benchmark:
-        f"{R}/benchmarks/sample_{{setting}}.tsv",
-    threads: config["threads"]["other"]
-    resources:
-        **gpu_resources("infer"),
     shell:
         "{params.launch} --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
         " --name {wildcards.setting} --checkpoint {input.ckpt} --data-dir $(dirname {input.meta})"

@@ -5,45 +5,25 @@
 # its table and figure.
 
 
-def _solve_inputs(wc):
-    spec = SETTINGS[wc.setting].spec
-    i = {"latents": f"{R}/latents/pretrain/train.{config['extract']['format']}", "meta": f"{R}/data/meta.json"}
-    if spec.get("lam") == "auto":
-        if spec.get("method", "fpi") == "fpi":
-            i["val"] = f"{R}/latents/pretrain/val.{config['extract']['format']}"
-        else:
-            i["lam_from"] = f"{R}/gaussians/nfpi.json"
-    return i
-
-
-def _solve_extra(wc, input):
-    extra = []
-    if "val" in input.keys():
-        extra.append(f"--val-latents {input.val}")
-    if "lam_from" in input.keys():
-        extra.append(f"--lam-from {input.lam_from}")
-    return " ".join(extra)
-
-
 rule solve:
-    priority: 30
     input:
         unpack(_solve_inputs),
     output:
         gaussians=f"{R}/gaussians/{{setting}}.pt",
         record=f"{R}/gaussians/{{setting}}.json",
+    log:
+        f"{R}/logs/solve_{{setting}}.log",
+    benchmark:
+        f"{R}/benchmarks/solve_{{setting}}.tsv"
+    priority: 30
+    threads: 1
+    resources:
+        **cpu_resources(),
     params:
         launch=launch("solve"),
         cfg=lambda wc: slices(setting=SETTINGS[wc.setting].spec),
         chash=lambda wc: lineage_hash(config, wc.setting),
         extra=_solve_extra,
-    log:
-        f"{R}/logs/solve_{{setting}}.log",
-    benchmark:
-        f"{R}/benchmarks/solve_{{setting}}.tsv",
-    threads: 1
-    resources:
-        **cpu_resources(),
     shell:
         "{params.launch} --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
         " --name {wildcards.setting} --latents {input.latents} --data-dir $(dirname {input.meta}) {params.extra}"
