@@ -76,6 +76,8 @@ def _fix_signs(v: Tensor) -> Tensor:
     return v * sign
 
 
+# Long (86 lines): exact batched SVD and the randomized range finder share the padding / chunking logic
+# that bounds memory (module docstring); kept together so both paths chunk the same way.
 def class_principal_axes(
     z: Tensor,
     y: Tensor,
@@ -241,6 +243,8 @@ def _as_tensor(a: np.ndarray | Tensor, name: str, dtype: torch.dtype | None = No
     return t.to(dtype) if dtype is not None else t
 
 
+# Long (98 lines): the batched NF augmentation loop (pairs, latents, mixup, inverse) with its argument checks
+# and the flow's train/eval state restored in one place.
 @torch.no_grad()
 def nf_augment(
     flow: InvertibleFlow,

@@ -541,6 +541,8 @@ def _soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     return torch.sum(-target * torch.log_softmax(logits.float(), dim=-1), dim=-1).mean()
 
 
+# Long (171 lines): one training loop whose DDP, AMP, mixup / cutmix, schedule and logging share loop state;
+# to be split into a loop object with the flow training loop's (nfpi.training) structure (docs/design.md).
 def train_classifier(
     cfg: ClassifierConfig,
     train_images: np.ndarray | Tensor,

@@ -571,6 +571,9 @@ def _stops_on_signals(fn: Any) -> Any:
 # The training loop
 
 
+# Long (249 lines): the one flow training loop (pretrain, fine-tune, flowfactor adaptation) with resume,
+# rollback on non-finite loss, EMA, DDP and checkpointing sharing loop state; to be split into a loop object
+# (docs/design.md, what remains).
 @_stops_on_signals
 def train_flow(
     flow: nn.Module,

@@ -471,6 +471,8 @@ def _class_batches(cls: ClassLatents, b: int, generator: torch.Generator) -> tup
     return idx, torch.gather(cls.points, 1, idx[..., None].expand(-1, -1, cls.points.shape[-1]))
 
 
+# Long (92 lines): the fit loop of all K classes' networks at once (batch OT, regression, checkpoints of the
+# loss) with its input checks; the OT and network steps are already their own functions.
 def fit_latent_ot(latents: Tensor, labels: Tensor, num_classes: int, cfg: LatentOTConfig, *,
                   where: str = "latents") -> tuple[LatentOTPrior, FitReport]:
     """Fit the per-class OT prior of ``latents [N, d]`` with ``labels [N]`` (module docstring, steps 1-5).

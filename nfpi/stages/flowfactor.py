@@ -48,6 +48,7 @@ from nfpi.io import atomic_write_json, atomic_write_text
 log = logging.getLogger("nfpi.stages.flowfactor")
 
 
+# Long (98 lines): the stage's sequence of library calls (adapt, train, measure, write) and its outputs.
 def main(argv: list[str] | None = None) -> int:
     p = stage_parser(__doc__.splitlines()[0])
     p.add_argument("--flow", required=True,

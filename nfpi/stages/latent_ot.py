@@ -53,6 +53,8 @@ from nfpi.latent_ot import (
 log = logging.getLogger("nfpi.stages.latent_ot")
 
 
+# Long (137 lines): the stage reads its inputs, fits, samples every method, measures and writes nine outputs;
+# each step is one library call (nfpi.latent_ot), the length is the list of inputs and outputs.
 def main(argv: list[str] | None = None) -> None:
     p = stage_parser(__doc__ or "")
     p.add_argument("--flow", required=True, help="the NFPI flow checkpoint (flows/nfpi.pt)")
