@@ -250,7 +250,7 @@ class ExtractConfig:
     row_group_size: int = 4096  # Parquet rows per row group (the streaming unit of the FPI's statistics pass)
     dequantize: bool = True  # latents of x + u, u ~ U[0, 2^-n_bits): the density the flow models (see module doc)
     seed: int = 0  # dequantisation noise seed (the same latents on every rerun)
-    device: str = "auto"
+    device: str = "auto"  # "auto" (CUDA if visible), "cpu", "cuda", "cuda:1"...
 
 
 
@@ -258,9 +258,9 @@ class ExtractConfig:
 class EvaluateConfig:
     """The ``evaluate`` config slice."""
 
-    batch_size: int = 256
+    batch_size: int = 256  # images per forward pass
     splits: tuple[str, ...] = ("val", "test")  # val selects hyperparameters; test is only reported
-    device: str = "auto"
+    device: str = "auto"  # "auto" (CUDA if visible), "cpu", "cuda", "cuda:1"...
 
 
 
@@ -270,7 +270,7 @@ class SampleConfig:
 
     per_class: int = 200  # images generated per class (the CNN's whole training set)
     temperature: float = 0.8  # T in z ~ N(mu_y, T^2 v_y)
-    seed: int = 0
-    batch_size: int = 256
+    seed: int = 0  # seed of the sampling noise (the same images on every rerun)
+    batch_size: int = 256  # latents decoded per inverse pass
     grid_per_class: int = 10  # columns of the per-class image grid
-    device: str = "auto"
+    device: str = "auto"  # "auto" (CUDA if visible), "cpu", "cuda", "cuda:1"...

@@ -239,5 +239,5 @@ class FiguresConfig:
     """The ``figures`` config slice."""
 
     tsne_per_class: int = 100  # points per class in each t-SNE panel
-    perplexity: float = 30.0
-    seed: int = 0
+    perplexity: float = 30.0  # t-SNE perplexity (openTSNE)
+    seed: int = 0  # seed of the point subsets, the Gaussian samples and the t-SNE
