@@ -265,30 +265,16 @@ def _field_comments(cls: type) -> dict[str, str]:
 
 
 def _own_field_comments(cls: type) -> dict[str, str]:
+    """The one documentation style of a config field: a comment at the end of its line (``name: T = v  # text``)."""
     try:
         src = inspect.getsource(cls)
     except (OSError, TypeError):
         return {}
     out: dict[str, str] = {}
-    lines = src.splitlines()
-    q = '"' * 3
-    for i, line in enumerate(lines):
+    for line in src.splitlines():
         m = re.match(r"\s+(\w+)\s*:\s*[^=#]+(?:=[^#]*)?#:?\s*(.+)$", line)
         if m:
             out[m.group(1)] = m.group(2).strip()
-            continue
-        # Or an attribute docstring right after the field line: ``name: T = v`` then a triple-quoted text.
-        m = re.match(r"\s+(\w+)\s*:\s*[^=]+=.*$", line)
-        if not m or i + 1 >= len(lines) or not lines[i + 1].strip().startswith(q):
-            continue
-        parts: list[str] = []
-        for nxt in lines[i + 1:]:
-            parts.append(nxt.strip())
-            if len(parts) == 1 and nxt.strip().endswith(q) and len(nxt.strip()) > 3:
-                break
-            if len(parts) > 1 and nxt.strip().endswith(q):
-                break
-        out[m.group(1)] = " ".join(" ".join(parts).replace(q, " ").split())
     return out
 
 

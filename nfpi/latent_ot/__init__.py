@@ -15,34 +15,9 @@ The stage ``latent_ot`` (:mod:`nfpi.stages.latent_ot`) runs them on the NFPI flo
 from __future__ import annotations
 
 from nfpi.latent_ot.metrics import by_class, class_modes, image_metrics, latent_metrics
-from nfpi.latent_ot.prior import (
-    BatchOT,
-    ClassLatents,
-    FitReport,
-    LatentOTConfig,
-    LatentOTPrior,
-    PotentialNetworks,
-    TooFewLatentsError,
-    batch_ot,
-    eight_gaussians,
-    eight_gaussians_centres,
-    fit_latent_ot,
-    group_by_class,
-    median_bandwidth,
-    mmd2,
-    mode_coverage,
-    nearest_neighbour_distance,
-    ot_map,
-    semi_discrete_assign,
-    source_sample,
-    wasserstein2,
-)
+from nfpi.latent_ot import prior as _prior
+from nfpi.latent_ot.prior import *  # noqa: F403  (the prior's names: listed once, in prior.__all__)
 from nfpi.latent_ot.report import METHODS, comparison_table, grid_figure
 
-__all__ = [
-    "LatentOTConfig", "TooFewLatentsError", "BatchOT", "ClassLatents", "PotentialNetworks", "LatentOTPrior",
-    "FitReport", "group_by_class", "source_sample", "batch_ot", "ot_map", "semi_discrete_assign", "fit_latent_ot",
-    "wasserstein2", "mmd2", "median_bandwidth", "mode_coverage", "nearest_neighbour_distance", "eight_gaussians",
-    "eight_gaussians_centres", "by_class", "class_modes", "latent_metrics", "image_metrics", "METHODS",
-    "comparison_table", "grid_figure",
-]
+__all__ = [*_prior.__all__, "by_class", "class_modes", "latent_metrics", "image_metrics", "METHODS",
+           "comparison_table", "grid_figure"]
