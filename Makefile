@@ -36,7 +36,7 @@ seeds: setup
 	  $(BIN)/snakemake --profile profiles/local --cores $(CORES) tables --configfile $(CONFIG) config/replicate.yaml \
 	    --config run=$(RUN)_seed$$s seed=$$s || exit 1; \
 	done
-	$(BIN)/python -m nfpi.spread results/$(RUN) $(foreach s,$(SEEDS),results/$(RUN)_seed$(s)) --out results/$(RUN)/tables
+	$(BIN)/python -m nfpi spread results/$(RUN) $(foreach s,$(SEEDS),results/$(RUN)_seed$(s)) --out results/$(RUN)/tables
 
 # The unit tests and the tiny end-to-end workflow; the long workflow suites (kill, paper, report) are
 # `make test-long`, which CI runs too.

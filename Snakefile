@@ -1,6 +1,6 @@
 # NFPI: conditionally untangled latent spaces by fixed-point iteration (Enescu & Sahbi, BMVC 2024).
-# Table of contents of the workflow; each stage lives in workflow/rules/<stage>.smk and each rule is a
-# thin shell over `python -m nfpi.<stage>`.
+# Table of contents of the workflow; each stage's rule lives in workflow/rules/<stage>.smk and is a thin
+# shell over `python -m nfpi <stage>` (nfpi/stages/<stage>.py), started by common.smk's launch().
 #
 #   snakemake --profile profiles/local all          # the embedded default (sklearn digits, CPU, minutes)
 #   snakemake --profile slurm all                   # the same on a SLURM cluster
@@ -32,8 +32,10 @@ include: "workflow/rules/common.smk"
 APPTAINER = DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method
 IMAGE = config["container"] if "://" in config["container"] else os.path.join(workflow.basedir, config["container"])
 if APPTAINER and "://" not in IMAGE and not os.path.isfile(IMAGE):
-    raise WorkflowError(f"container: {IMAGE} (config key `container`) does not exist: build it with `apptainer build "
-                        f"{IMAGE} docker-daemon://nfpi:latest` (docs/cluster.md) or pass --config container=<image URI>")
+    raise WorkflowError(
+        f"container: {IMAGE} (config key `container`) does not exist: build it with `apptainer build "
+        f"{IMAGE} docker-daemon://nfpi:latest` (docs/cluster.md) or pass --config container=<image URI>"
+    )
 if APPTAINER:
     PY = "python"
 
@@ -48,9 +50,9 @@ onstart:
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True
 
 
 rule tables:
@@ -60,11 +62,19 @@ rule tables:
         f"{R}/config.resolved.yaml",
 
 
-include: "workflow/rules/data.smk"
-include: "workflow/rules/flow.smk"
-include: "workflow/rules/fpi.smk"
+include: "workflow/rules/prepare.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/extract.smk"
+include: "workflow/rules/solve.smk"
+include: "workflow/rules/lambda_path.smk"
+include: "workflow/rules/finetune.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/sample.smk"
 include: "workflow/rules/classify.smk"
-include: "workflow/rules/report.smk"
+include: "workflow/rules/nfaugment.smk"
+include: "workflow/rules/tabulate.smk"
+include: "workflow/rules/resolved_config.smk"
+include: "workflow/rules/tsne.smk"
+include: "workflow/rules/curves.smk"
 include: "workflow/rules/latent_ot.smk"
 include: "workflow/rules/flowfactor.smk"

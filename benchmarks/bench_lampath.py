@@ -7,7 +7,7 @@ solve stage's wall time with ``fpi.lam: auto`` against a fixed lambda.
 and the solver options are those of the run's ``config.resolved.yaml`` ``fpi`` section (or of its
 ``gaussians/nfpi.json`` spec) with ``lam: auto`` (its ``path`` or the defaults).  Prints a Markdown report: per lambda the path's and the
 cold solve's iterations and objectives, totals, seconds (median of ``--repeats``), and the solve stage
-run as a process (``python -m nfpi.solve``), fixed lambda vs auto, alternating, median wall time.
+run as a process (``python -m nfpi solve``), fixed lambda vs auto, alternating, median wall time.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def main() -> None:
         for _ in range(args.repeats):
             for kind in ("fixed", "auto"):
                 spec = {**fpi, "lam": fixed} if kind == "fixed" else {**fpi, "lam": "auto"}
-                cmd = [sys.executable, "-m", "nfpi.solve", "--config", json.dumps({"setting": spec}), "--threads", "1",
+                cmd = [sys.executable, "-m", "nfpi", "solve", "--config", json.dumps({"setting": spec}), "--threads", "1",
                        "--latents", str(train), "--data-dir", str(r / "data"), "--out", f"{tmp}/{kind}.pt",
                        "--out-json", f"{tmp}/{kind}.json"]
                 if kind == "auto":

@@ -397,7 +397,7 @@ def render(results: list[dict[str, Any]], digest: str, measured: dict[str, Any] 
         "Jobs per stage are what `snakemake --dry-run all` schedules for the config (one fine-tuning per setting",
         "that a table needs, and so on).",
         "",
-        f"**Assumed throughput.** GPU-hours = FLOPs / (peak x MFU) with the dense bf16 tensor-core peaks of the",
+        "**Assumed throughput.** GPU-hours = FLOPs / (peak x MFU) with the dense bf16 tensor-core peaks of the",
         f"data sheets ({peaks}; no sparsity) and an **assumed MFU of {MFU:.0%}**. The flows' small convolutions",
         "(4x4 to 16x16 maps, 128 channels) and their chains of small matrix-exponential series may well run below",
         "that: treat these hours as a lower bound until `scripts/gpu-check` (docs/gpu-check.md) has measured the",

@@ -36,6 +36,7 @@ from torch import Tensor
 from nfpi.progress import progress
 
 __all__ = [
+    "AugmentConfig",
     "class_principal_axes",
     "pca_mixup",
     "same_class_partners",
@@ -75,6 +76,8 @@ def _fix_signs(v: Tensor) -> Tensor:
     return v * sign
 
 
+# Long (86 lines): exact batched SVD and the randomized range finder share the padding / chunking logic
+# that bounds memory (module docstring); kept together so both paths chunk the same way.
 def class_principal_axes(
     z: Tensor,
     y: Tensor,
@@ -240,6 +243,8 @@ def _as_tensor(a: np.ndarray | Tensor, name: str, dtype: torch.dtype | None = No
     return t.to(dtype) if dtype is not None else t
 
 
+# Long (98 lines): the batched NF augmentation loop (pairs, latents, mixup, inverse) with its argument checks
+# and the flow's train/eval state restored in one place.
 @torch.no_grad()
 def nf_augment(
     flow: InvertibleFlow,
@@ -372,27 +377,16 @@ def random_crop_flip(
 @dataclass(frozen=True)
 class StandardAugConfig:
     """The transformer's standard augmentations (paper Sec. 5.1, from timm / torchvision).
-
-    Attributes:
-        padding: random-crop zero padding in pixels; ``None``: ``max(1, H // 8)`` (4 for 32x32, the
-            CIFAR convention; 1 for 8x8 digits).
-        hflip: random horizontal flip (off for digits: a flipped digit is another shape).
-        auto_augment: torchvision AutoAugment, CIFAR10 policy, per sample.
-        rand_augment: torchvision RandAugment (2 ops, magnitude 9), per sample.
-        random_erasing: probability of random erasing per sample (0 disables).
-        mixup_alpha: timm Mixup Beta(alpha, alpha) parameter (0 disables).
-        cutmix_alpha: timm CutMix parameter (0 disables); mixup and cutmix alternate per batch.
-        label_smoothing: label smoothing folded into the soft targets.
     """
 
-    padding: int | None = None
-    hflip: bool = True
-    auto_augment: bool = True
-    rand_augment: bool = True
-    random_erasing: float = 0.25
-    mixup_alpha: float = 0.8
-    cutmix_alpha: float = 1.0
-    label_smoothing: float = 0.1
+    padding: int | None = None  # random-crop zero padding in pixels; ``None``: ``max(1, H // 8)`` (4 for 32x32, the CIFAR convention; 1 for 8x8 digits).
+    hflip: bool = True  # random horizontal flip (off for digits: a flipped digit is another shape).
+    auto_augment: bool = True  # torchvision AutoAugment, CIFAR10 policy, per sample.
+    rand_augment: bool = True  # torchvision RandAugment (2 ops, magnitude 9), per sample.
+    random_erasing: float = 0.25  # probability of random erasing per sample (0 disables).
+    mixup_alpha: float = 0.8  # timm Mixup Beta(alpha, alpha) parameter (0 disables).
+    cutmix_alpha: float = 1.0  # timm CutMix parameter (0 disables); mixup and cutmix alternate per batch.
+    label_smoothing: float = 0.1  # label smoothing folded into the soft targets.
 
 
 def build_sample_transform(cfg: StandardAugConfig, image_shape: tuple[int, int, int]) -> Any:
@@ -429,3 +423,20 @@ def build_batch_mixer(cfg: StandardAugConfig, num_classes: int) -> Any | None:
         label_smoothing=cfg.label_smoothing,
         num_classes=num_classes,
     )
+
+
+# The ``augment`` config slice (stage ``nfaugment``).
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The ``augment`` config slice."""
+
+    copies: int = 1  # augmented images per training image
+    beta_max: float = 0.5  # beta ~ U(0, beta_max)
+    num_axes: int = 8  # principal axes per class (U_y has this many columns)
+    seed: int = 0  # seed of the pair and beta draws (the same images on every rerun)
+    batch_size: int = 256  # images per forward / inverse pass
+    figure_rows: int = 6  # Fig. 2: originals shown
+    figure_variants: int = 3  # Fig. 2: augmented variants per original
+    device: str = "auto"  # "auto" (CUDA if visible), "cpu", "cuda", "cuda:1"...

@@ -12,6 +12,18 @@ Everything in it is a tensor, a number, a string, or a list / tuple / dict of th
 RNG states, config dataclasses) is converted to tensors and JSON-style lists by
 :func:`capture_rng_state` and :func:`nfpi.io.to_jsonable` before saving.
 
+Every ``.pt`` the workflow writes is one of these kinds, each with one writer and one loader:
+
+=========================  ===============================  ==========================================
+kind                       file                             loader
+=========================  ===============================  ==========================================
+``flow``                   ``flows/<flow>.pt``              :func:`nfpi.training.load_trained_flow`
+``resume``                 ``flows/<flow>.pt.resume/``      :mod:`nfpi.training` (resuming a run)
+``gaussians``              ``gaussians/<setting>.pt``       :func:`nfpi.density.load_gaussians`
+``latent_ot_prior``        ``latent_ot/prior.pt``           :meth:`nfpi.latent_ot.LatentOTPrior.load`
+``flowfactor_potentials``  ``flowfactor/potentials.pt``     :func:`nfpi.flowfactor.load_potentials`
+=========================  ===============================  ==========================================
+
 Files are written through :func:`nfpi.io.atomic_path`, so a job killed while saving leaves the
 previous checkpoint intact; a truncated or corrupt file (copied half-way, disk full) is reported by
 :func:`load_checkpoint` as a :class:`CheckpointError` naming the file and the fix.

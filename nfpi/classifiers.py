@@ -65,61 +65,31 @@ class ClassifierConfig:
     The defaults are the paper's ResNet18 (CNN-Acc) settings; :data:`PRESETS` holds the recipe of each
     config section (``cnn``: ResNet18, ``swin``: Swin, ``eva02``: EVA02 fine-tuning) and
     :func:`classifier_config` overlays a config slice on the preset of its section.
-
-    Attributes:
-        arch: registry name: ``"resnet18"``, ``"swin"``, ``"eva02"`` (see :func:`available_classifiers`).
-        epochs: passes over the training set.
-        batch_size: images per optimiser step.
-        optimizer: ``"sgd"`` (momentum, L2 weight decay) or ``"adamw"`` (decoupled weight decay).
-        lr: base learning rate; the one-cycle schedule starts here (``div_factor = max_lr / lr``).
-        momentum: SGD momentum (ignored by AdamW).
-        weight_decay: weight decay.
-        schedule: ``"onecycle"`` (to ``max_lr`` and down, per step), ``"cosine"`` (from ``lr`` to 0 per
-            step, after ``warmup_epochs`` of linear warm-up) or ``"constant"`` (after the warm-up).
-        max_lr: peak learning rate of the one-cycle schedule.
-        warmup_epochs: linear warm-up length for ``cosine`` / ``constant`` (0: none; capped at a tenth
-            of the run so a shortened run still trains at the base lr).
-        grad_clip: global gradient-norm clipping (``None``: off; EVA02 uses 1).
-        crop_flip: random crop (zero padding ``H // 8``) + flip, batched on the device (the CNN's set).
-        hflip: include the horizontal flip (false for digits, which must not be mirrored).
-        standard_aug: the transformer set (crop, flip, auto-augment, rand-augment, random erasing per
-            sample; mixup / cutmix per batch) from ``aug``; replaces ``crop_flip`` when true.
-        aug: parameters of the standard augmentations (``nfpi.augment.StandardAugConfig``).
-        label_smoothing: label smoothing of the cross-entropy when mixup / cutmix are off.
-        pretrained_file: local weights file (``.safetensors``, ``.pth``/``.pt`` state dict, or a timm /
-            EVA checkpoint dict) for ``eva02`` (or any timm arch); ``None``: train from scratch.
-        model_kwargs: arch-specific overrides (e.g. Swin ``embed_dim`` / ``depths``; EVA02
-            ``model_name`` of the timm architecture matching the file, ``img_size``).
-        num_workers: DataLoader workers for the per-sample standard augmentations.
-        seed: seeds initialisation, batch order and augmentations.
-        device: ``"auto"`` (CUDA if visible), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
-        precision: ``"bf16"`` autocasts on CUDA and bf16-capable CPUs (:func:`nfpi.runtime.autocast`), ``"fp32"`` otherwise.
-        log_every: log a progress line every this many steps (0: per epoch only).
     """
 
-    arch: str = "resnet18"
-    epochs: int = 30
-    batch_size: int = 100
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
-    max_lr: float = 0.1
-    warmup_epochs: float = 0.0
-    grad_clip: float | None = None
-    crop_flip: bool = True
-    hflip: bool = True
-    standard_aug: bool = False
-    aug: StandardAugConfig = StandardAugConfig()
-    label_smoothing: float = 0.0
-    pretrained_file: str | None = None
-    model_kwargs: dict[str, Any] | None = None
-    num_workers: int = 0
-    seed: int = 0
-    device: str = "auto"
-    precision: Literal["fp32", "bf16"] = "fp32"
-    log_every: int = 0
+    arch: str = "resnet18"  # registry name: ``"resnet18"``, ``"swin"``, ``"eva02"`` (see :func:`available_classifiers`).
+    epochs: int = 30  # passes over the training set.
+    batch_size: int = 100  # images per optimiser step.
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # ``"sgd"`` (momentum, L2 weight decay) or ``"adamw"`` (decoupled weight decay).
+    lr: float = 1e-3  # base learning rate; the one-cycle schedule starts here (``div_factor = max_lr / lr``).
+    momentum: float = 0.9  # SGD momentum (ignored by AdamW).
+    weight_decay: float = 5e-4  # weight decay.
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"  # ``"onecycle"`` (to ``max_lr`` and down, per step), ``"cosine"`` (from ``lr`` to 0 per step, after ``warmup_epochs`` of linear warm-up) or ``"constant"`` (after the warm-up).
+    max_lr: float = 0.1  # peak learning rate of the one-cycle schedule.
+    warmup_epochs: float = 0.0  # linear warm-up length for ``cosine`` / ``constant`` (0: none; capped at a tenth of the run so a shortened run still trains at the base lr).
+    grad_clip: float | None = None  # global gradient-norm clipping (``None``: off; EVA02 uses 1).
+    crop_flip: bool = True  # random crop (zero padding ``H // 8``) + flip, batched on the device (the CNN's set).
+    hflip: bool = True  # include the horizontal flip (false for digits, which must not be mirrored).
+    standard_aug: bool = False  # the transformer set (crop, flip, auto-augment, rand-augment, random erasing per sample; mixup / cutmix per batch) from ``aug``; replaces ``crop_flip`` when true.
+    aug: StandardAugConfig = StandardAugConfig()  # parameters of the standard augmentations (``nfpi.augment.StandardAugConfig``).
+    label_smoothing: float = 0.0  # label smoothing of the cross-entropy when mixup / cutmix are off.
+    pretrained_file: str | None = None  # local weights file (``.safetensors``, ``.pth``/``.pt`` state dict, or a timm / EVA checkpoint dict) for ``eva02`` (or any timm arch); ``None``: train from scratch.
+    model_kwargs: dict[str, Any] | None = None  # arch-specific overrides (e.g. Swin ``embed_dim`` / ``depths``; EVA02 ``model_name`` of the timm architecture matching the file, ``img_size``).
+    num_workers: int = 0  # DataLoader workers for the per-sample standard augmentations.
+    seed: int = 0  # seeds initialisation, batch order and augmentations.
+    device: str = "auto"  # ``"auto"`` (CUDA if visible), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+    precision: Literal["fp32", "bf16"] = "fp32"  # ``"bf16"`` autocasts on CUDA and bf16-capable CPUs (:func:`nfpi.runtime.autocast`), ``"fp32"`` otherwise.
+    log_every: int = 0  # log a progress line every this many steps (0: per epoch only).
 
 
 #: The paper's EVA02 (87.12M params with the 1000-class head, MIM in22k, fine-tuned in22k -> in1k, 448 px):
@@ -541,6 +511,8 @@ def _soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     return torch.sum(-target * torch.log_softmax(logits.float(), dim=-1), dim=-1).mean()
 
 
+# Long (171 lines): one training loop whose DDP, AMP, mixup / cutmix, schedule and logging share loop state;
+# to be split into a loop object with the flow training loop's (nfpi.training) structure (docs/design.md).
 def train_classifier(
     cfg: ClassifierConfig,
     train_images: np.ndarray | Tensor,

@@ -74,40 +74,20 @@ class DataError(ValueError):
 @dataclass(frozen=True)
 class DataConfig:
     """The pipeline's ``data`` config slice.
-
-    Attributes:
-        name: the dataset source (see the module docstring; ``docs/data.md`` shows each layout).
-        root: folder holding the source files; required for every source except ``digits``.
-        download: let torchvision download MNIST / CIFAR into ``root`` (needs internet).
-        verify_checksums: check torchvision's md5 sums of the CIFAR files; set ``false`` for locally
-            made copies in the CIFAR format (the files must still exist and unpickle).
-        val_fraction: fraction of the training data carved (stratified) into the validation split
-            used for hyperparameter selection; 0 gives an empty ``val`` split.
-        test_fraction: fraction of all data carved (stratified) into the test split; only used by
-            sources without an official test split (digits, ``npz``/``imagefolder`` without ``test``).
-        split_seed: seed of every carve and subsample (fixed so a rerun gives identical splits).
-        image_size: resize images to ``image_size x image_size`` (None keeps the source size).
-        channels: convert to 1 (grey, ITU-R 601 luma) or 3 (grey replicated) channels; None keeps them.
-        max_train_per_class: cap on training-source images per class (applied before ``val`` is
-            carved, so ``val`` keeps ``val_fraction`` of the capped pool); for quick runs.
-        max_test_per_class: cap on test images per class; for quick runs.
-        resize_mode: how a size the flow cannot squeeze (H or W not a multiple of ``2**levels``) is
-            fixed: ``pad`` (zero border, centred; the image content is untouched) or ``resize``
-            (scale up to the next multiple).
     """
 
-    name: DatasetName = "digits"
-    root: str | None = None
-    download: bool = False
-    verify_checksums: bool = True
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    split_seed: int = 0
-    image_size: int | None = None
-    channels: int | None = None
-    max_train_per_class: int | None = None
-    max_test_per_class: int | None = None
-    resize_mode: Literal["pad", "resize"] = "pad"
+    name: DatasetName = "digits"  # the dataset source (see the module docstring; ``docs/data.md`` shows each layout).
+    root: str | None = None  # folder holding the source files; required for every source except ``digits``.
+    download: bool = False  # let torchvision download MNIST / CIFAR into ``root`` (needs internet).
+    verify_checksums: bool = True  # check torchvision's md5 sums of the CIFAR files; set ``false`` for locally made copies in the CIFAR format (the files must still exist and unpickle).
+    val_fraction: float = 0.1  # fraction of the training data carved (stratified) into the validation split used for hyperparameter selection; 0 gives an empty ``val`` split.
+    test_fraction: float = 0.2  # fraction of all data carved (stratified) into the test split; only used by sources without an official test split (digits, ``npz``/``imagefolder`` without ``test``).
+    split_seed: int = 0  # seed of every carve and subsample (fixed so a rerun gives identical splits).
+    image_size: int | None = None  # resize images to ``image_size x image_size`` (None keeps the source size).
+    channels: int | None = None  # convert to 1 (grey, ITU-R 601 luma) or 3 (grey replicated) channels; None keeps them.
+    max_train_per_class: int | None = None  # cap on training-source images per class (applied before ``val`` is carved, so ``val`` keeps ``val_fraction`` of the capped pool); for quick runs.
+    max_test_per_class: int | None = None  # cap on test images per class; for quick runs.
+    resize_mode: Literal["pad", "resize"] = "pad"  # how a size the flow cannot squeeze (H or W not a multiple of ``2**levels``) is fixed: ``pad`` (zero border, centred; the image content is untouched) or ``resize`` (scale up to the next multiple).
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
@@ -877,7 +857,7 @@ class PreparedData:
         meta_path = self.root / META_FILE
         if not meta_path.is_file():
             raise DataError(f"{self.root}: no {META_FILE}, so this is not a complete prepared dataset (a prepare "
-                            "job may have been killed midway); run the prepare stage (python -m nfpi.prepare)")
+                            "job may have been killed midway); run the prepare stage (python -m nfpi prepare)")
         try:
             self.meta: dict[str, Any] = read_json(meta_path)
         except ValueError as exc:

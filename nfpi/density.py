@@ -14,11 +14,14 @@ at once are matrix products (no per-class loop):
 from __future__ import annotations
 
 import math
+import os
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["preprocess", "postprocess", "bits_per_dim", "ClassGaussianPrior", "flow_nll"]
+__all__ = ["preprocess", "postprocess", "bits_per_dim", "ClassGaussianPrior", "flow_nll", "save_gaussians",
+           "load_gaussians"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -192,3 +195,24 @@ def flow_nll(flow: torch.nn.Module, prior: ClassGaussianPrior, x_pre: Tensor, y:
     z, logdet = flow(x_pre)
     lp = prior.log_prob(z, y) if y is not None else prior.marginal_log_prob(z)
     return -(lp + logdet), z
+
+
+def save_gaussians(path: str | os.PathLike[str], prior: ClassGaussianPrior, record: dict[str, Any]) -> None:
+    """Write a setting's solved class Gaussians: an :mod:`nfpi.checkpoint` of kind ``"gaussians"`` holding the
+    prior's state and the solve record (``gaussians/<setting>.pt``; the record is ``gaussians/<setting>.json`` too).
+    """
+    from nfpi.checkpoint import save_checkpoint
+
+    save_checkpoint(path, kind="gaussians", model={}, gaussians=prior.state_dict(), extra={"record": record})
+
+
+def load_gaussians(path: str | os.PathLike[str]) -> tuple[ClassGaussianPrior, dict[str, Any]]:
+    """The one loader of kind ``"gaussians"``: ``(prior, solve record)`` (float64, on the CPU).
+
+    >>> prior, record = load_gaussians("results/digits/gaussians/nfpi.pt")  # doctest: +SKIP
+    >>> record["lam"], prior.num_classes                                    # doctest: +SKIP
+    """
+    from nfpi.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path, expected_kind="gaussians")
+    return ClassGaussianPrior.from_state_dict(ckpt["gaussians"]), ckpt["extra"]["record"]

@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from nfpi.training import dequantize_batch, load_batch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate_flow", "extract_latents", "latent_class_stats", "sample_images", "iterate_batches"]
+__all__ = ["EvaluateConfig", "ExtractConfig", "SampleConfig", "evaluate_flow", "extract_latents", "latent_class_stats", "sample_images", "decode_latents", "iterate_batches"]
 
 
 def _flow_device(flow: nn.Module, device: str | torch.device | None) -> torch.device:
@@ -200,7 +201,6 @@ def sample_images(
     in label order and moved to the flow's device, so the images do not depend on ``batch_size``
     or the device beyond float rounding.
     """
-    from nfpi.density import postprocess
 
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -211,8 +211,66 @@ def sample_images(
     for start in progress(range(0, labels.numel(), batch_size), desc="sample", unit="batch", logger=log):
         y = labels[start : start + batch_size]
         z = cpu_prior.sample(y, temperature=temperature, generator=generator)
-        x = flow.inverse(z.to(dev, torch.float32))
-        out.append(postprocess(x.float().cpu(), n_bits=n_bits))
+        out.append(_decode_batch(flow, z, dev, n_bits))
     if not out:
         return torch.empty((0, *flow.image_shape), dtype=torch.uint8)
     return torch.cat(out)
+
+
+def _decode_batch(flow: nn.Module, z: torch.Tensor, device: torch.device, n_bits: int) -> torch.Tensor:
+    """One batch of ``x = f^{-1}(z)`` as uint8 images on the CPU (``n_bits``: the bits the flow was trained on)."""
+    from nfpi.density import postprocess
+
+    x = flow.inverse(z.to(device, torch.float32))
+    return postprocess(x.float().cpu(), n_bits=n_bits)
+
+
+@torch.inference_mode()
+def decode_latents(flow: nn.Module, z: torch.Tensor, *, batch_size: int = 256,
+                   device: str | torch.device | None = None, n_bits: int = 8) -> torch.Tensor:
+    """``x = f^{-1}(z)`` for latents ``z [B, D]`` as uint8 images ``[B, C, H, W]`` on the CPU (spec, "Sampling").
+
+    >>> images = decode_latents(trained.flow, prior.sample(labels), n_bits=trained.n_bits)  # doctest: +SKIP
+    """
+    dev = _flow_device(flow, device)
+    out = [_decode_batch(flow, z[s:s + batch_size], dev, n_bits)
+           for s in progress(range(0, len(z), batch_size), desc="decode latents", unit="batch", logger=log)]
+    return torch.cat(out) if out else torch.empty((0, *flow.image_shape), dtype=torch.uint8)
+
+
+# The config slices of the stages that run this module's loops (extract, evaluate, sample).
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """The ``extract`` config slice."""
+
+    batch_size: int = 256  # images per forward pass
+    format: Literal["parquet", "npy"] = "parquet"  # npy: numpy memmap, for large d (ImageNet64: d = 12288)
+    row_group_size: int = 4096  # Parquet rows per row group (the streaming unit of the FPI's statistics pass)
+    dequantize: bool = True  # latents of x + u, u ~ U[0, 2^-n_bits): the density the flow models (see module doc)
+    seed: int = 0  # dequantisation noise seed (the same latents on every rerun)
+    device: str = "auto"  # "auto" (CUDA if visible), "cpu", "cuda", "cuda:1"...
+
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """The ``evaluate`` config slice."""
+
+    batch_size: int = 256  # images per forward pass
+    splits: tuple[str, ...] = ("val", "test")  # val selects hyperparameters; test is only reported
+    device: str = "auto"  # "auto" (CUDA if visible), "cpu", "cuda", "cuda:1"...
+
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """The ``sample`` config slice."""
+
+    per_class: int = 200  # images generated per class (the CNN's whole training set)
+    temperature: float = 0.8  # T in z ~ N(mu_y, T^2 v_y)
+    seed: int = 0  # seed of the sampling noise (the same images on every rerun)
+    batch_size: int = 256  # latents decoded per inverse pass
+    grid_per_class: int = 10  # columns of the per-class image grid
+    device: str = "auto"  # "auto" (CUDA if visible), "cpu", "cuda", "cuda:1"...

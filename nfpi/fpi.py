@@ -605,6 +605,8 @@ class _StepOptions:
     on_divergence: str
 
 
+# Long (85 lines) because it is the one driver every FPI variant shares: step control, backtracking, bound
+# patience and the divergence guard act on the same loop state; split, they would pass that state around.
 def _drive(
     x0: tuple[torch.Tensor, torch.Tensor],
     evaluate: Any,
@@ -920,6 +922,8 @@ def _residual_full(mu: torch.Tensor, cov: torch.Tensor, tmu: torch.Tensor, tcov:
     return math.sqrt(float(sum(parts) / len(parts)))
 
 
+# Long (81 lines): the full-covariance fixed point of Eq. 6 keeps its matrix algebra in one readable block
+# next to the equation; its helpers (_sym, _sqrtm_spd) are already factored out.
 def solve_fpi_full(
     stats: ClassStats,
     *,

@@ -258,11 +258,11 @@ def cold_grid(stats: ClassStats, cfg: FPIConfig, grid: Sequence[float]) -> list[
 
 
 def path_table(record: dict[str, Any], source: str, *, stamp: dict[str, str] | None = None) -> Any:
-    """The path as a :class:`nfpi.tables.Table` (one row per lambda), from a solve record's ``path``.
+    """The path as a :class:`nfpi.report.tables.Table` (one row per lambda), from a solve record's ``path``.
 
     Every cell points back to ``source`` (the solve record JSON) and its key, like the paper's tables.
     """
-    from nfpi.tables import Cell, Table
+    from nfpi.report.tables import Cell, Table
 
     path = record["path"]
     rows = []

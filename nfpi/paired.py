@@ -1,4 +1,4 @@
-"""Paired differences over seeds: NFPI minus each other Table 1 row, seed by seed (``nfpi.spread`` writes them).
+"""Paired differences over seeds: NFPI minus each other Table 1 row, seed by seed (``nfpi.stages.spread`` writes them).
 
 Replicate runs share everything but the seed, and within one seed every setting starts from the same
 pretrained flow; so the difference ``NFPI - baseline`` of the same seed removes the part of the
@@ -20,7 +20,7 @@ __all__ = ["paired_differences", "paired_table"]
 def paired_differences(summary: Mapping[str, Mapping[str, Any]], reference: str = "nfpi") -> dict[str, dict[str, Any]]:
     """``{setting: {metric: {diffs, mean, sd, wins, ties, losses}}}`` of ``reference - setting`` per seed.
 
-    ``summary`` is :func:`nfpi.spread.spread_table`'s (``values`` in seed order for each setting and
+    ``summary`` is :func:`nfpi.stages.spread.spread_table`'s (``values`` in seed order for each setting and
     metric).  A metric missing for the reference or the setting is left out.
     """
     out: dict[str, dict[str, Any]] = {}

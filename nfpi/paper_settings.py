@@ -108,7 +108,7 @@ def intended_classifier(name: str, section: str) -> Any:
 def resolve(name: str) -> dict[str, Any]:
     """Every audited value of paper config ``name`` as the workflow's rules receive it, flat ``rule.key``."""
     from nfpi.experiments import settings_from_config
-    from nfpi.finetune import FinetuneConfig
+    from nfpi.training import FinetuneConfig
     from nfpi.flows import FlowConfig, resolve_preset
     from nfpi.fpi import FPIConfig
     from nfpi.training import TrainConfig

@@ -1,7 +1,7 @@
 """Tool module: the workflow's config JSON schema, generated from the frozen config dataclasses.
 
-    python -m nfpi.schema > workflow/schemas/config.schema.yaml     # regenerate after changing a dataclass
-    python -m nfpi.schema --check                                   # exit 1 if the committed file is stale
+    python -m nfpi.schema --write     # regenerate the schema and config/README.md after changing a dataclass
+    python -m nfpi.schema --check     # exit 1 if either committed file is stale
 
 Each config section is validated against the dataclass that consumes it, so the schema and the
 code cannot drift apart (``tests/test_schema.py`` runs ``--check``).  Types come from the type
@@ -9,7 +9,7 @@ hints, defaults from the dataclass defaults, descriptions from the comment on ea
 and ranges from ``RANGES`` below.  Every object has ``additionalProperties: false``: a misspelt
 key fails at ``snakemake`` start-up, before any job runs, naming the key.
 
-Like the stage modules, this imports across the package; library modules never import it.
+It imports the library's config dataclasses (never a stage); library modules never import it.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+README_PATH = Path(__file__).resolve().parent.parent / "config" / "README.md"
 
 # Allowed values per "range-key.field" (JSON-schema keywords), where range-key is the first argument
 # of ``dataclass_schema`` ("train" serves pretrain and finetune, "classifier" serves cnn, swin and eva02,
@@ -264,30 +265,16 @@ def _field_comments(cls: type) -> dict[str, str]:
 
 
 def _own_field_comments(cls: type) -> dict[str, str]:
+    """The one documentation style of a config field: a comment at the end of its line (``name: T = v  # text``)."""
     try:
         src = inspect.getsource(cls)
     except (OSError, TypeError):
         return {}
     out: dict[str, str] = {}
-    lines = src.splitlines()
-    q = '"' * 3
-    for i, line in enumerate(lines):
+    for line in src.splitlines():
         m = re.match(r"\s+(\w+)\s*:\s*[^=#]+(?:=[^#]*)?#:?\s*(.+)$", line)
         if m:
             out[m.group(1)] = m.group(2).strip()
-            continue
-        # Or an attribute docstring right after the field line: ``name: T = v`` then a triple-quoted text.
-        m = re.match(r"\s+(\w+)\s*:\s*[^=]+=.*$", line)
-        if not m or i + 1 >= len(lines) or not lines[i + 1].strip().startswith(q):
-            continue
-        parts: list[str] = []
-        for nxt in lines[i + 1:]:
-            parts.append(nxt.strip())
-            if len(parts) == 1 and nxt.strip().endswith(q) and len(nxt.strip()) > 3:
-                break
-            if len(parts) > 1 and nxt.strip().endswith(q):
-                break
-        out[m.group(1)] = " ".join(" ".join(parts).replace(q, " ").split())
     return out
 
 
@@ -329,27 +316,29 @@ def dataclass_schema(cls: type, range_key: str, *, only: tuple[str, ...] | None 
             "default": {}}
 
 
+# Long (106 lines): one declarative table of the config sections and their dataclasses; splitting it would
+# scatter the schema's layout over several functions.
 def build_schema() -> dict[str, Any]:
     """The whole config schema."""
     from nfpi.classifiers import PRESETS, ClassifierConfig
     from nfpi.data import DataConfig
-    from nfpi.evaluate import EvaluateConfig
-    from nfpi.extract import ExtractConfig
-    from nfpi.finetune import FinetuneConfig
+    from nfpi.evaluation import EvaluateConfig, ExtractConfig, SampleConfig
     from nfpi.flowfactor import FlowFactorConfig
     from nfpi.flows import FlowConfig
     from nfpi.fpi import FPIConfig
     from nfpi.latent_ot import LatentOTConfig
-    from nfpi.nfaugment import AugmentConfig
-    from nfpi.sample import SampleConfig
-    from nfpi.training import TrainConfig
-    from nfpi.tsne import FiguresConfig
+    from nfpi.augment import AugmentConfig
+    from nfpi.training import FinetuneConfig, TrainConfig
+    from nfpi.report.figures import FiguresConfig
 
     gd_keys = ("optimizer", "steps", "lr", "gd_vmin", "gd_vmax")
     fpi_keys = tuple(f.name for f in dataclasses.fields(FPIConfig) if f.name not in gd_keys + ("method", "policy"))
     policies = ["sublinear_v1", "sublinear_v2", "linear", "superlinear_v1", "superlinear_v2"]
     per_kind = {"type": "object", "additionalProperties": False, "required": ["cpu", "train", "infer"],
-                "properties": {k: {"type": "integer", "minimum": 1} for k in ("cpu", "train", "infer")}}
+                "properties": {k: {"type": "integer", "minimum": 1, "description": d} for k, d in (
+                    ("cpu", "jobs without a GPU (prepare, solve, tabulate, figures, flowfactor)"),
+                    ("train", "training jobs (pretrain, finetune, swin, eva02)"),
+                    ("infer", "inference jobs (extract, evaluate, sample, cnn, nfaugment, latent_ot)"))}}
     props: dict[str, Any] = {
         "run": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]+$",
                 "description": "run name: every output goes under results/<run>/"},
@@ -364,13 +353,18 @@ def build_schema() -> dict[str, Any]:
                                      "oras://...); docs/cluster.md"},
         "threads": {"type": "object", "additionalProperties": False, "default": {"train": 2, "other": 1},
                     "description": "CPU threads per job",
-                    "properties": {"train": {"type": "integer", "minimum": 1, "default": 2},
-                                   "other": {"type": "integer", "minimum": 1, "default": 1}}},
+                    "properties": {"train": {"type": "integer", "minimum": 1, "default": 2,
+                                             "description": "threads of the training jobs (pretrain)"},
+                                   "other": {"type": "integer", "minimum": 1, "default": 1,
+                                             "description": "threads of every other job"}}},
         "resources": {
             "type": "object", "additionalProperties": False, "required": ["gpus", "mem_mb", "runtime_min"],
             "description": "cluster resources: GPUs per training job (torchrun with one process per GPU when > 1), "
                            "memory (MB) and runtime (minutes) per kind of job (cpu-only, train, infer)",
-            "properties": {"gpus": {"type": "integer", "minimum": 0}, "mem_mb": per_kind, "runtime_min": per_kind},
+            "properties": {"gpus": {"type": "integer", "minimum": 0,
+                                    "description": "GPUs per training job (torchrun with one process per GPU when > 1)"},
+                           "mem_mb": {**per_kind, "description": "memory (MB) per kind of job"},
+                           "runtime_min": {**per_kind, "description": "runtime (minutes) per kind of job"}},
         },
         "data": dataclass_schema(DataConfig, "data"),
         "flow": dataclass_schema(FlowConfig, "flow"),
@@ -452,20 +446,74 @@ def render() -> str:
     return buf.getvalue()
 
 
+def config_keys(schema: dict[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """Every leaf config key of the schema as ``(dotted key, its schema)``, in schema order."""
+    out: list[tuple[str, dict[str, Any]]] = []
+
+    def walk(node: dict[str, Any], path: str) -> None:
+        props = node.get("properties")
+        if props:
+            for k, v in props.items():
+                walk(v, f"{path}.{k}" if path else k)
+        else:
+            out.append((path, node))
+
+    walk(build_schema() if schema is None else schema, "")
+    return out
+
+
+def _cell(v: Any) -> str:
+    text = v if isinstance(v, str) else yaml.safe_dump(v, default_flow_style=True, width=10_000).strip()
+    if text.endswith("\n..."):
+        text = text[: -len("\n...")]
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _kind(node: dict[str, Any]) -> str:
+    """A key's type in words: ``integer``, ``string / null``, ``one of `a`, `b```."""
+    if "enum" in node:
+        return "one of " + ", ".join(f"`{e}`" for e in node["enum"])
+    if "anyOf" in node:
+        return " / ".join(_kind(a) for a in node["anyOf"])
+    t = node.get("type", "any")
+    return " / ".join(t) if isinstance(t, list) else str(t)
+
+
+def render_readme(schema: dict[str, Any] | None = None) -> str:
+    """``config/README.md``: one row per config key (type, default, range, description), from the schema."""
+    schema = build_schema() if schema is None else schema
+    lines = ["# Config keys", "",
+             "Generated by `python -m nfpi.schema --write` from the config dataclasses (the same source as",
+             "`workflow/schemas/config.schema.yaml`); do not edit by hand. `tests/test_schema.py` checks it is current.",
+             "The sections are described in docs/config.md; `config/config.yaml` is the embedded default.", "",
+             "| key | type | default | range | description |", "| --- | --- | --- | --- | --- |"]
+    for key, node in config_keys(schema):
+        kind = _kind(node)
+        rng = ", ".join(f"{k} {node[k]}" for k in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")
+                        if k in node)
+        default = f"`{_cell(node['default'])}`" if "default" in node else ""
+        lines.append(f"| `{key}` | {_cell(kind)} | {default} | {rng} | "
+                     f"{_cell(node.get('description', ''))} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--check", action="store_true", help="compare with the committed schema; exit 1 if stale")
     p.add_argument("--write", action="store_true", help=f"write {SCHEMA_PATH}")
     args = p.parse_args(argv)
     text = render()
+    readme = render_readme(yaml.safe_load(text))
     if args.check:
-        if not SCHEMA_PATH.exists() or SCHEMA_PATH.read_text() != text:
-            sys.exit(f"{SCHEMA_PATH} is stale: run `python -m nfpi.schema --write`")
+        for path, want in ((SCHEMA_PATH, text), (README_PATH, readme)):
+            if not path.exists() or path.read_text() != want:
+                sys.exit(f"{path} is stale: run `python -m nfpi.schema --write`")
         return
     if args.write:
         from nfpi.io import atomic_write_text
 
         atomic_write_text(SCHEMA_PATH, text)
+        atomic_write_text(README_PATH, readme)
         return
     sys.stdout.write(text)
 

@@ -2,7 +2,7 @@
 
 A workflow config is ``config/config.yaml`` (digits) deep-merged with a ``--configfile`` (Snakemake's
 merge), validated against the generated schema (which fills each section's defaults: its preset) and
-parsed by ``nfpi.classify`` on the preset of its section (``classifier_config``).  Paper sections must
+parsed by ``nfpi.stages.classify`` on the preset of its section (``classifier_config``).  Paper sections must
 therefore restate every key the digits file sets, or they silently inherit the digits recipe.
 """
 

@@ -268,7 +268,7 @@ def test_a_missing_file_says_how_to_get_it_in_one_line(tmp_path: Path) -> None:
         build_classifier(cfg, (3, 32, 32), 10)
     msg = str(err.value)
     assert "\n" not in msg and "eva02.pretrained_file" in msg and str(missing) in msg
-    assert f"timm.create_model('eva02_tiny_patch14_224', pretrained=True)" in msg
+    assert "timm.create_model('eva02_tiny_patch14_224', pretrained=True)" in msg
     assert f"pretrained=True).state_dict(), '{missing}')" in msg
 
 

@@ -84,7 +84,9 @@ def test_digits_splits_partition_the_source(digits: PreparedData) -> None:
     assert digits.image_shape == (1, 8, 8) and digits.num_classes == 10
     # the three splits together are exactly the source, each image once, with its own label
     assert np.array_equal(_rows(x), _rows(src))
-    pairs = lambda imgs, lab: _rows(np.concatenate([imgs.reshape(len(imgs), -1), lab[:, None].astype(np.uint8)], 1))
+    def pairs(imgs: np.ndarray, lab: np.ndarray) -> np.ndarray:
+        return _rows(np.concatenate([imgs.reshape(len(imgs), -1), lab[:, None].astype(np.uint8)], 1))
+
     assert np.array_equal(pairs(x, y), pairs(src, d.target))
     counts = digits.meta["counts"]
     assert counts["test"] == round(0.2 * 1797)

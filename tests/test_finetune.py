@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from nfpi import finetune, solve
+from nfpi.stages import finetune, solve
 from nfpi.config import ConfigError
 from nfpi.data import PreparedData
-from nfpi.density import ClassGaussianPrior
+from nfpi.density import load_gaussians
 from nfpi.evaluation import latent_class_stats
-from nfpi.finetune import FinetuneConfig, round_steps
+from nfpi.training import FinetuneConfig, round_steps
 from nfpi.fpi import FPIConfig, solve as fpi_solve
 from nfpi.training import load_trained_flow
 from tinyflow import tiny_pretrained, train_latents
@@ -80,7 +80,7 @@ def test_rounds_resolve_the_gaussians_on_the_current_flow(pipeline: dict[str, Pa
     # re-deriving round 2's Gaussians from round 1's weights is impossible (removed), but the
     # Gaussians it carries must be a stationary point of the solver on *some* latents, and differ
     # from round 0's (the flow moved).
-    g0 = ClassGaussianPrior.from_state_dict(torch.load(pipeline["gaussians"], weights_only=True)["prior"])
+    g0, _ = load_gaussians(pipeline["gaussians"])
     assert not torch.allclose(final.prior.means, g0.means)
     assert torch.equal(final.prior.variances, torch.ones_like(final.prior.variances))  # identity covariance kept
 
@@ -142,7 +142,7 @@ def test_two_process_ddp_rounds_match_one_process(pipeline: dict[str, Path]) -> 
         out = pipeline["root"] / f"ddp{n}" / "nfpi.pt"
         out.parent.mkdir()
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
-        proc = subprocess.run(launch + ["-m", "nfpi.finetune", "--config", cfg, "--data-dir", str(pipeline["data"]),
+        proc = subprocess.run(launch + ["-m", "nfpi", "finetune", "--config", cfg, "--data-dir", str(pipeline["data"]),
                                         "--init", str(pipeline["pre"]), "--gaussians", str(pipeline["gaussians"]),
                                         "--out", str(out), "--metrics", str(out.with_suffix(".json"))],
                               capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})

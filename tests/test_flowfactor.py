@@ -202,7 +202,7 @@ def test_rollout_is_explicit_euler_and_accumulates_logdet() -> None:
 
 
 @pytest.fixture(scope="module")
-def trained(digits: tuple[torch.Tensor, torch.Tensor]) -> tuple[ff.FlowFactorConfig, ff.IdentityCodec, ff.TrainResult]:
+def trained(digits: tuple[torch.Tensor, torch.Tensor]) -> tuple[ff.FlowFactorConfig, ff.IdentityCodec, ff.PotentialFit]:
     """Supervised potentials for rotation and intensity on the identity codec over pixel space (d = 64)."""
     torch.set_num_threads(1)
     cfg = ff.FlowFactorConfig(transformations=("rotate", "intensity"), steps=4, substeps=1, hidden=32,
@@ -274,7 +274,7 @@ def test_frozen_config_is_dataclass() -> None:
 def test_stage_helpers_table_and_figure(digits: tuple[torch.Tensor, torch.Tensor], trained, tmp_path) -> None:  # noqa: ANN001
     """The stage's pieces on the trained fixture: identification, classifier comparison (with NFPI's PCA
     mixup through nfpi.augment), the table and the figure."""
-    from nfpi import factorize
+    from nfpi.stages import flowfactor as factorize
 
     cfg, codec, res = trained
     cfg = dataclasses.replace(cfg, classifier_train_size=60, eval_images=30)
@@ -319,11 +319,11 @@ def test_permute_bank_reorders_potentials() -> None:
 
 @pytest.mark.slow  # ~25 s on the shared 2-core machine (prepare + train + 12 logistic regressions)
 def test_stage_end_to_end_on_pixel_space(tmp_path) -> None:  # noqa: ANN001
-    """``python -m nfpi.factorize`` (main) on prepared digits with ``--flow identity``: every output
+    """``python -m nfpi flowfactor`` (main) on prepared digits with ``--flow identity``: every output
     is written, the metrics parse, and the learned fields beat no flow in the stage's own numbers."""
     import json
 
-    from nfpi import factorize
+    from nfpi.stages import flowfactor as factorize
     from nfpi.data import DataConfig, prepare_dataset
 
     torch.set_num_threads(1)
@@ -433,7 +433,7 @@ def test_adapt_flow_writes_a_resumable_loadable_checkpoint(digits: tuple[torch.T
     """``factorize.adapt_flow`` fine-tunes a copy of a real flow through ``train_flow``: the input file is left
     as it was, the adapted checkpoint rebuilds with the input's prior, moved weights and its provenance, and a
     second call resumes (no new steps, same weights)."""
-    from nfpi import factorize
+    from nfpi.stages import flowfactor as factorize
     from nfpi.training import load_trained_flow
 
     torch.set_num_threads(1)
@@ -465,7 +465,7 @@ def test_learned_field_beats_no_flow_through_adapted_flow(digits: tuple[torch.Te
     """The issue's test in a real flow's latent space: a flow trained on plain digits only gives rotated
     digits a very low likelihood; the stage's adaptation makes them likely again, and the potentials
     learnt in the adapted latent space beat no flow on held-out digits (rotation and intensity)."""
-    from nfpi import factorize
+    from nfpi.stages import flowfactor as factorize
 
     torch.set_num_threads(1)
     images, labels = digits

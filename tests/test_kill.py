@@ -197,11 +197,11 @@ def _logs(wd: Path) -> str:
     return "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((wd / R / "logs").glob("*.log")))
 
 
-def job_process(wd: Path, module: str) -> psutil.Process | None:
-    """The running ``python -m <module>`` job started in ``wd``."""
+def job_process(wd: Path, stage: str) -> psutil.Process | None:
+    """The running ``python -m nfpi <stage>`` job started in ``wd``."""
     for p in psutil.process_iter(["cmdline", "cwd"]):
         cmd = p.info["cmdline"] or []
-        if p.info["cwd"] == os.path.realpath(wd) and any(cmd[i:i + 2] == ["-m", module] for i in range(len(cmd))):
+        if p.info["cwd"] == os.path.realpath(wd) and any(cmd[i:i + 3] == ["-m", "nfpi", stage] for i in range(len(cmd))):
             return p
     return None
 
@@ -306,16 +306,16 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
 
         # 1. SIGKILL of prepare, in its stage body.
         inv = invocation()
-        kill(stage_started(inv, "nfpi.prepare", "prepare.log"), signal.SIGKILL)
+        kill(stage_started(inv, "prepare", "prepare.log"), signal.SIGKILL)
         failed(inv)
         # 2. SIGKILL of pretrain after its first periodic checkpoint.
         inv = invocation()
-        proc, events["pretrain_sigkill"] = job_at_checkpoint(inv, "nfpi.pretrain", pre_state, 10)
+        proc, events["pretrain_sigkill"] = job_at_checkpoint(inv, "pretrain", pre_state, 10)
         kill(proc, signal.SIGKILL)
         failed(inv)
         # 3. SIGTERM of pretrain, at whatever step it is at, at least one checkpoint past the resume.
         inv = invocation()
-        proc, _ = job_at_checkpoint(inv, "nfpi.pretrain", pre_state, events["pretrain_sigkill"] + 10)
+        proc, _ = job_at_checkpoint(inv, "pretrain", pre_state, events["pretrain_sigkill"] + 10)
         events["pretrain_log_after_sigkill"] = log_text(wd, "pretrain.log")
         kill(proc, signal.SIGTERM)
         failed(inv)
@@ -323,26 +323,26 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
         events["pretrain_sigterm"] = state_step(pre_state)
         # 4. SIGKILL of extract.
         inv = invocation()
-        proc = stage_started(inv, "nfpi.extract", "extract_pretrain.log")
+        proc = stage_started(inv, "extract", "extract_pretrain.log")
         events["pretrain_log_after_sigterm"] = log_text(wd, "pretrain.log")
         kill(proc, signal.SIGKILL)
         failed(inv)
         # 5. SIGTERM of finetune in round 1.
         inv = invocation()
-        proc, _ = job_at_checkpoint(inv, "nfpi.finetune", round1_state, 5)
+        proc, _ = job_at_checkpoint(inv, "finetune", round1_state, 5)
         kill(proc, signal.SIGTERM)
         failed(inv)
         events["finetune_log_sigterm"] = log_text(wd, "finetune_nfpi.log")
         events["finetune_sigterm"] = state_step(round1_state)
         # 6. SIGKILL of finetune in round 2, after a round-2 checkpoint.
         inv = invocation()
-        proc, events["finetune_sigkill"] = job_at_checkpoint(inv, "nfpi.finetune", round2_state, 5)
+        proc, events["finetune_sigkill"] = job_at_checkpoint(inv, "finetune", round2_state, 5)
         events["finetune_log_after_sigterm"] = log_text(wd, "finetune_nfpi.log")
         kill(proc, signal.SIGKILL)
         failed(inv)
         # 7. SIGKILL of Snakemake's whole process group (Snakemake and the finetune job) in round 2.
         inv = invocation()
-        proc, events["snakemake_sigkill"] = job_at_checkpoint(inv, "nfpi.finetune", round2_state,
+        proc, events["snakemake_sigkill"] = job_at_checkpoint(inv, "finetune", round2_state,
                                                               events["finetune_sigkill"] + 5)
         events["finetune_log_after_sigkill"] = log_text(wd, "finetune_nfpi.log")
         os.killpg(inv.proc.pid, signal.SIGKILL)

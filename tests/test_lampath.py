@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 
+from nfpi.density import load_gaussians
 from nfpi.config import ConfigError, from_mapping
 from nfpi.fpi import ClassStats, FPIConfig, objective, pairwise_kl, pi_normaliser, solve
 from nfpi.lampath import PathPoint, choose, cold_grid, gaussian_accuracy, geometric_grid, separation, solve_path
@@ -163,7 +164,7 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Capped digits, a tiny 4-bit pretrained flow, its train / val latents, and the NFPI solve under lam: auto."""
     import json
 
-    from nfpi import solve as solve_stage
+    from nfpi.stages import solve as solve_stage
     from nfpi.data import PreparedData
     from nfpi.evaluation import extract_latents
     from nfpi.latents import write_latents
@@ -191,8 +192,8 @@ def test_solve_stage_records_the_path_and_uses_the_chosen_lambda(staged: dict[st
     assert len(path["points"]) == 4 and path["rule"] and path["reason"]
     assert rec["lam"] == path["chosen"] == path["points"][path["chosen_index"]]["lam"]
     assert rec["result"]["settings"]["lam_auto"] is True and "lambda path" in rec["result"]["message"]
-    g = torch.load(staged["root"] / "nfpi.pt", map_location="cpu", weights_only=True)
-    assert g["record"]["path"]["chosen"] == path["chosen"]
+    _, g_record = load_gaussians(staged["root"] / "nfpi.pt")
+    assert g_record["path"]["chosen"] == path["chosen"]
 
 
 def test_changing_test_labels_cannot_change_the_choice(staged: dict[str, Any]) -> None:
@@ -201,7 +202,7 @@ def test_changing_test_labels_cannot_change_the_choice(staged: dict[str, Any]) -
 
     import numpy as np
 
-    from nfpi import solve as solve_stage
+    from nfpi.stages import solve as solve_stage
 
     data2 = staged["root"] / "data_relabelled"
     shutil.copytree(staged["data"], data2)
@@ -219,7 +220,7 @@ def test_changing_test_labels_cannot_change_the_choice(staged: dict[str, Any]) -
 def test_gd_under_auto_takes_the_nfpi_choice_and_the_figure_stage_draws_the_path(staged: dict[str, Any]) -> None:
     import json
 
-    from nfpi import lambda_path, solve as solve_stage
+    from nfpi.stages import lambda_path, solve as solve_stage
 
     root = staged["root"]
     gd = {**AUTO, "method": "gd", "steps": 30, "lr": 0.05}
@@ -242,7 +243,7 @@ def test_gd_under_auto_takes_the_nfpi_choice_and_the_figure_stage_draws_the_path
 def test_finetune_rounds_rerun_the_path_warm_started(staged: dict[str, Any]) -> None:
     import json
 
-    from nfpi import finetune
+    from nfpi.stages import finetune
 
     root = staged["root"]
     out = root / "ft" / "nfpi.pt"

@@ -202,7 +202,7 @@ def test_uniform_source_has_unit_variance_and_state_round_trips(tmp_path) -> Non
     prior, _ = fit_latent_ot(z, y, 2, LatentOTConfig(steps=5, batch_size=16, hidden=8, semi_discrete_samples=64,
                                                       source="uniform"))
     prior.save(tmp_path / "ot.pt")
-    again = LatentOTPrior.from_state(torch.load(tmp_path / "ot.pt", weights_only=True))
+    again = LatentOTPrior.load(tmp_path / "ot.pt")
     a = prior.sample(10, torch.Generator().manual_seed(3))[0]
     b = again.sample(10, torch.Generator().manual_seed(3))[0]
     assert torch.equal(a, b)
@@ -266,7 +266,7 @@ def test_transport_stage_end_to_end(tmp_path) -> None:  # type: ignore[no-untype
     import csv
 
     from nfpi.io import read_json
-    from nfpi.transport import main
+    from nfpi.stages.latent_ot import main
 
     _fake_run(tmp_path, cap=24)
     cfg = {"steps": 8, "batch_size": 16, "hidden": 16, "semi_discrete_samples": 200, "samples_per_class": 12,
@@ -290,12 +290,12 @@ def test_transport_stage_end_to_end(tmp_path) -> None:  # type: ignore[no-untype
     assert (tmp_path / "figures/samples_latent_ot.png").stat().st_size > 1000
     s = np.load(tmp_path / "latent_ot/samples.npz")
     assert s["images_ot_map"].shape == (120, 1, 8, 8) and s["images_ot_map"].dtype == np.uint8
-    again = LatentOTPrior.from_state(torch.load(tmp_path / "latent_ot/prior.pt", weights_only=True))
+    again = LatentOTPrior.load(tmp_path / "latent_ot/prior.pt")
     assert again.num_classes == 10 and again.dim == 64
 
 
 def test_transport_stage_too_few_latents_names_file_and_key(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from nfpi.transport import main
+    from nfpi.stages.latent_ot import main
 
     _fake_run(tmp_path, cap=9)  # 9 per class minus the validation carve: below min_class_size=10
     with pytest.raises(TooFewLatentsError, match=r"train\.parquet: too few latents.*latent_ot\.min_class_size"):

@@ -131,12 +131,12 @@ def test_every_job_runs_in_the_configured_image(run: dict) -> None:
         assert "--nv" in args and args[args.index("--bind") + 1] == "/data", args  # --apptainer-args
         assert args[-4] == str(run["image"]) and args[-2] == "-c", args  # the configured image, then the shell
         cmd = args[-1]
-        m = re.search(r"(?:^|[;&|(]\s*|\s)python -m (?:torch\.distributed\.run .*?-m )?(nfpi\.\w+)", cmd)
+        m = re.search(r"(?:^|[;&|(]\s*|\s)python -m (?:torch\.distributed\.run .*?-m )?nfpi (\w+)", cmd)
         assert m, f"the job does not start the image's python: {cmd[:300]}"
         assert sys.executable not in cmd, "a host interpreter path leaked into the container command"
         stages.add(m.group(1))
-    assert {"nfpi.prepare", "nfpi.pretrain", "nfpi.extract", "nfpi.solve", "nfpi.finetune", "nfpi.evaluate",
-            "nfpi.tabulate", "nfpi.tsne", "nfpi.transport", "nfpi.factorize"} <= stages, stages
+    assert {"prepare", "pretrain", "extract", "solve", "finetune", "evaluate", "tabulate", "tsne", "latent_ot",
+            "flowfactor"} <= stages, stages
 
 
 def test_a_missing_image_fails_before_any_job(run: dict, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""nfpi.spread: Table 1 over replicate runs; refuses runs that are not replicates of each other."""
+"""nfpi.stages.spread: Table 1 over replicate runs; refuses runs that are not replicates of each other."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import yaml
 
 from nfpi.config import ConfigError
 from nfpi.experiments import table_settings
-from nfpi.spread import main, spread_table
+from nfpi.stages.spread import main, spread_table
 
 CONFIG = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" / "config.yaml").read_text())
 

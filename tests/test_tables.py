@@ -1,4 +1,4 @@
-"""nfpi.tables: every format written, cells traceable, foreign metrics refused."""
+"""nfpi.report.tables: every format written, cells traceable, foreign metrics refused."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nfpi.io import atomic_write_json
-from nfpi.tables import Cell, ProvenanceError, Table, cell_from, load_metrics, write_table
+from nfpi.report.tables import Cell, ProvenanceError, Table, cell_from, load_metrics, write_table
 
 
 def test_refuses_metrics_from_a_different_config(tmp_path: Path) -> None:

@@ -437,7 +437,7 @@ def test_prepare_stage_prints_one_line_and_exits_1(tmp_path: Path) -> None:
     data, named = _source(tmp_path, _bad_folder_sizes)
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "nfpi.prepare", "--config", json.dumps({"data": data}),
+    proc = subprocess.run([sys.executable, "-m", "nfpi", "prepare", "--config", json.dumps({"data": data}),
                            "--out-dir", str(out), "--size-multiple", "4", "--threads", "2"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]

@@ -125,7 +125,7 @@ def test_the_classify_stage_parses_its_slice_on_the_sections_preset(tmp_path: Pa
     assert json.loads((tmp_path / target).read_text())["config"]["epochs"] == 1
     out = tmp_path / "swin_preset.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, "-m", "nfpi.classify", "--section", "swin", "--config",
+    subprocess.run([sys.executable, "-m", "nfpi", "classify", "--section", "swin", "--config",
                     '{"classifier": {"epochs": 1, "batch_size": 16, "device": "cpu"}}', "--real-train",
                     "--data-dir", str(tmp_path / "results/preset/data"), "--out", str(out)],
                    check=True, env=env, capture_output=True, timeout=600)

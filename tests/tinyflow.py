@@ -13,7 +13,7 @@ TINY_FLOW = {"preset": "digits", "hidden": 8, "steps": 1, "actnorm_per_pixel": F
 def tiny_pretrained(root: Path) -> tuple[Path, Path]:
     """Prepared digits (12 training / 4 test images a class) under ``root/data`` and a 4-bit flow pretrained
     for 8 steps at ``root/pretrain.pt``, through the stage entry points; returns ``(data_dir, checkpoint)``."""
-    from nfpi import pretrain
+    from nfpi.stages import pretrain
     from nfpi.data import DataConfig, prepare_dataset
 
     data = root / "data"

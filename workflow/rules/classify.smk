@@ -1,5 +1,6 @@
-# Stages: classify (CNN-Acc on generated images; Swin / EVA02 with and without NF augmentation)
-# and nfaugment (the NF-augmented training images of Tables 5-6 and Fig. 2).
+# Stage classify (nfpi/stages/classify.py), one rule per classifier config section: cnn (CNN-Acc on
+# generated images), swin and eva02 (real images, with and without NF augmentation and standard
+# augmentation; Tables 5-6). Library nfpi.classifiers.
 
 
 rule cnn:
@@ -8,52 +9,21 @@ rule cnn:
         meta=f"{R}/data/meta.json",
     output:
         f"{R}/cnn/{{setting}}.json",
-    params:
-        cfg=lambda wc: slices(classifier=config["cnn"]),
-        chash=lambda wc: lineage_hash(config, wc.setting, "sample", "cnn"),
     log:
         f"{R}/logs/cnn_{{setting}}.log",
     benchmark:
-        f"{R}/benchmarks/cnn_{{setting}}.tsv",
+        f"{R}/benchmarks/cnn_{{setting}}.tsv"
     threads: config["threads"]["other"]
     resources:
         **gpu_resources("infer"),
+    params:
+        launch=launch("classify"),
+        cfg=lambda wc: slices(classifier=config["cnn"]),
+        chash=lambda wc: lineage_hash(config, wc.setting, "sample", "cnn"),
     shell:
-        "{PY} -m nfpi.classify --section cnn --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
+        "{params.launch} --section cnn --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
         " --name cnn_{wildcards.setting} --train-npz {input.npz} --data-dir $(dirname {input.meta})"
         " --out {output} > {log} 2>&1"
-
-
-rule nfaugment:
-    input:
-        ckpt=f"{R}/flows/nfpi.pt",
-        latents=f"{R}/latents/nfpi/train.{config['extract']['format']}",
-        meta=f"{R}/data/meta.json",
-    output:
-        npz=f"{R}/augment/nf_train.npz",
-        record=f"{R}/augment/nf_train.json",
-        figure=report(f"{R}/figures/fig2_augment.png", category="Figures", labels={"figure": "Fig. 2 (NF augmentation)"}),
-    params:
-        cfg=lambda wc: slices(augment=config["augment"]),
-        chash=lambda wc: lineage_hash(config, "nfpi", "augment"),
-    log:
-        f"{R}/logs/nfaugment.log",
-    benchmark:
-        f"{R}/benchmarks/nfaugment.tsv",
-    threads: config["threads"]["other"]
-    resources:
-        **gpu_resources("infer"),
-    shell:
-        "{PY} -m nfpi.nfaugment --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
-        " --checkpoint {input.ckpt} --latents {input.latents} --data-dir $(dirname {input.meta})"
-        " --out {output.npz} --figure {output.figure} > {log} 2>&1"
-
-
-def _aug_inputs(wc):
-    i = {"meta": f"{R}/data/meta.json"}
-    if wc.nfa == "nf":
-        i["extra"] = f"{R}/augment/nf_train.npz"
-    return i
 
 
 for _model in ("swin", "eva02"):
@@ -65,22 +35,22 @@ for _model in ("swin", "eva02"):
             unpack(_aug_inputs),
         output:
             f"{R}/{_model}/{{nfa}}_{{sa}}.json",
+        log:
+            f"{R}/logs/{_model}_{{nfa}}_{{sa}}.log",
+        benchmark:
+            f"{R}/benchmarks/{_model}_{{nfa}}_{{sa}}.tsv"
+        threads: config["threads"]["other"]
+        # resources.gpus > 1: torchrun with one process per GPU (DDP in nfpi.classifiers, as the flow rules).
+        resources:
+            **gpu_resources("train"),
         params:
             cfg=lambda wc, m=_model: slices(classifier={**config[m], "standard_aug": wc.sa == "sa"}),
             chash=lambda wc, m=_model: lineage_hash(config, "nfpi", "augment", m),
             extra=lambda wc, input: f"--extra-npz {input.extra}" if wc.nfa == "nf" else "",
             model=_model,
-            launch=lambda wc, resources: launcher(resources.gpu),
-        log:
-            f"{R}/logs/{_model}_{{nfa}}_{{sa}}.log",
-        benchmark:
-            f"{R}/benchmarks/{_model}_{{nfa}}_{{sa}}.tsv",
-        threads: config["threads"]["other"]
-        # resources.gpus > 1: torchrun with one process per GPU (DDP in nfpi.classifiers, as the flow rules).
-        resources:
-            **gpu_resources("train"),
+            launch=lambda wc, resources: launch("classify", resources.gpu),
         shell:
-            "{params.launch} -m nfpi.classify --section {params.model} --config {params.cfg:q}"
+            "{params.launch} --section {params.model} --config {params.cfg:q}"
             " --config-hash {params.chash} --threads {threads}"
             " --name {params.model}_{wildcards.nfa}_{wildcards.sa} --real-train {params.extra}"
             " --data-dir $(dirname {input.meta}) --out {output} > {log} 2>&1"

@@ -1,5 +1,5 @@
 # Shared definitions: config validation, the run's results folder, settings, config slices,
-# resources and the launcher (python, or torchrun with one process per GPU).
+# resources and the one launcher of every rule (`python -m nfpi <stage>`, or torchrun with one process per GPU).
 import json
 import os
 import shlex
@@ -35,7 +35,7 @@ R = f"results/{RUN}"
 SETTINGS = settings_from_config(config)
 TABLES = table_settings(config)
 SETTING_RE = "|".join(SETTINGS)
-FLOW_RE = "pretrain|" + SETTING_RE
+FLOW_RE = "|".join(["pretrain", *SETTINGS])
 LEVELS = resolve_preset(from_mapping(FlowConfig, config["flow"], where="flow")).levels
 RES = config["resources"]
 
@@ -57,8 +57,10 @@ def slices(**sections):
     """The JSON a stage receives: only the config sections it needs (so edits rerun only it)."""
     offset = int(config.get("seed", 0))
     if offset:
-        sections = {k: {**v, "seed": int(v.get("seed", 0)) + offset} if k in SEEDED and isinstance(v, dict) else v
-                    for k, v in sections.items()}
+        sections = {
+            k: {**v, "seed": int(v.get("seed", 0)) + offset} if k in SEEDED and isinstance(v, dict) else v
+            for k, v in sections.items()
+        }
     return json.dumps(sections, sort_keys=True)
 
 
@@ -66,11 +68,12 @@ def slices(**sections):
 PY = shlex.quote(sys.executable)
 
 
-def launcher(gpus):
-    """The interpreter for CPU / one GPU; torchrun with one process per GPU otherwise (one code path)."""
+def launch(stage, gpus=1):
+    """The one launcher of every rule: ``python -m nfpi <stage>`` (nfpi/stages/<stage>.py); with more than one
+    GPU, torchrun with one process per GPU running the same command (one code path)."""
     if int(gpus) > 1:
-        return f"{PY} -m torch.distributed.run --standalone --nproc_per_node={int(gpus)}"
-    return PY
+        return f"{PY} -m torch.distributed.run --standalone --nproc_per_node={int(gpus)} -m nfpi {stage}"
+    return f"{PY} -m nfpi {stage}"
 
 
 def gpu_resources(kind="train"):
@@ -87,8 +90,13 @@ def cpu_resources(kind="cpu"):
 
 
 def all_targets():
-    t = [f"{R}/tables/README.md", f"{R}/config.resolved.yaml", f"{R}/figures/fig1_tsne.png", f"{R}/figures/fig2_augment.png",
-         f"{R}/figures/training_curves.png"]
+    t = [
+        f"{R}/tables/README.md",
+        f"{R}/config.resolved.yaml",
+        f"{R}/figures/fig1_tsne.png",
+        f"{R}/figures/fig2_augment.png",
+        f"{R}/figures/training_curves.png",
+    ]
     t += [f"{R}/figures/samples_{s}.png" for s in SETTINGS if s in ("baseline1", "nfpi")]
     if config["fpi"].get("lam") == "auto":
         t.append(f"{R}/figures/lambda_path.png")
@@ -97,3 +105,72 @@ def all_targets():
     if config["experiments"].get("flowfactor", True):
         t.append(f"{R}/flowfactor/metrics.json")
     return t
+
+
+# The rules' input and parameter functions (snakemake --lint: functions live here, rules in <stage>.smk).
+
+
+# rule solve
+def _solve_inputs(wc):
+    spec = SETTINGS[wc.setting].spec
+    i = {"latents": f"{R}/latents/pretrain/train.{config['extract']['format']}", "meta": f"{R}/data/meta.json"}
+    if spec.get("lam") == "auto":
+        if spec.get("method", "fpi") == "fpi":
+            i["val"] = f"{R}/latents/pretrain/val.{config['extract']['format']}"
+        else:
+            i["lam_from"] = f"{R}/gaussians/nfpi.json"
+    return i
+
+
+# rule solve
+def _solve_extra(wc, input):
+    extra = []
+    if "val" in input.keys():
+        extra.append(f"--val-latents {input.val}")
+    if "lam_from" in input.keys():
+        extra.append(f"--lam-from {input.lam_from}")
+    return " ".join(extra)
+
+
+# rule classify
+def _aug_inputs(wc):
+    i = {"meta": f"{R}/data/meta.json"}
+    if wc.nfa == "nf":
+        i["extra"] = f"{R}/augment/nf_train.npz"
+    return i
+
+
+# rule tabulate
+def _table_inputs(wc):
+    files = [f"{R}/metrics/{s}.json" for t in TABLES.values() for s in t]
+    cnn_tables = ("table2", "table3")
+    if config["experiments"].get("table1_cnn", False):  # CNN-Acc for every Table 1 row
+        cnn_tables = ("table1",) + cnn_tables
+    files += [f"{R}/cnn/{s}.json" for t in cnn_tables for s in TABLES.get(t, [])]
+    for m in ("swin", "eva02"):
+        if config["experiments"].get(m, True):
+            files += [f"{R}/{m}/{a}_{b}.json" for a in ("none", "nf") for b in ("none", "sa")]
+    return sorted(set(files))
+
+
+# rule tabulate
+def _table_names():
+    """The tables tabulate writes (as nfpi.stages.tabulate.main decides): 1-3 per experiments, 4 always, 5-6 per model."""
+    names = [t for t in ("table1", "table2", "table3") if t in TABLES] + ["table4"]
+    return names + [t for m, t in (("swin", "table5"), ("eva02", "table6")) if config["experiments"].get(m, True)]
+
+
+# rule tsne
+def _fig1_gaussians(wc):
+    lams = config["experiments"]["figure_lambdas"]
+    from nfpi.experiments import lambda_setting_name
+
+    g = {"baseline1": f"{R}/gaussians/baseline1.pt"}
+    for lam in lams:
+        g[f"NFPI lambda={lam:g}"] = f"{R}/gaussians/{lambda_setting_name(config, lam)}.pt"
+    return g
+
+
+# rule flowfactor
+def _flowfactor_flow():
+    return config["flowfactor"].get("flow", "nfpi")

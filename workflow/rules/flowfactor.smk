@@ -9,10 +9,6 @@
 # Opt out with experiments.flowfactor: false.
 
 
-def _flowfactor_flow():
-    return config["flowfactor"].get("flow", "nfpi")
-
-
 rule flowfactor:
     input:
         flow=f"{R}/flows/{_flowfactor_flow()}.pt",
@@ -24,22 +20,29 @@ rule flowfactor:
         history=f"{R}/flowfactor/history.json",
         table_md=f"{R}/tables/flowfactor.md",
         table_csv=f"{R}/tables/flowfactor.csv",
-        figure=report(f"{R}/figures/flowfactor_trajectories.png", category="Figures",
-                      labels={"figure": "flowfactor trajectories"}),
-    params:
-        cfg=lambda wc: slices(flowfactor=config["flowfactor"]),
-        chash=lambda wc: (lineage_hash(config, "nfpi", "flowfactor") if _flowfactor_flow() == "nfpi"
-                          else lineage_hash(config, None, "flowfactor")),
-        out=f"{R}/flowfactor",
-        tables=f"{R}/tables",
+        figure=report(
+            f"{R}/figures/flowfactor_trajectories.png",
+            category="Figures",
+            labels={"figure": "flowfactor trajectories"},
+        ),
     log:
         f"{R}/logs/flowfactor.log",
     benchmark:
-        f"{R}/benchmarks/flowfactor.tsv",
+        f"{R}/benchmarks/flowfactor.tsv"
     threads: config["threads"]["other"]
     resources:
         **cpu_resources("cpu"),
+    params:
+        launch=launch("flowfactor"),
+        cfg=lambda wc: slices(flowfactor=config["flowfactor"]),
+        chash=lambda wc: (
+            lineage_hash(config, "nfpi", "flowfactor")
+            if _flowfactor_flow() == "nfpi"
+            else lineage_hash(config, None, "flowfactor")
+        ),
+        out=lambda wc, output: os.path.dirname(output.metrics),
+        tables=lambda wc, output: os.path.dirname(output.table_md),
     shell:
-        "{PY} -m nfpi.factorize --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
+        "{params.launch} --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
         " --flow {input.flow} --data-dir $(dirname {input.meta}) --out-dir {params.out}"
         " --tables-dir {params.tables} --figure {output.figure} > {log} 2>&1"

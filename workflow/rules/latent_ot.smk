@@ -19,20 +19,21 @@ rule latent_ot:
         table_csv=f"{R}/tables/latent_ot.csv",
         table_html=report(f"{R}/tables/latent_ot.html", category="Tables", labels={"table": "latent OT"}),
         grid=report(f"{R}/figures/samples_latent_ot.png", category="Figures", labels={"figure": "latent OT samples"}),
-    params:
-        cfg=lambda wc: slices(latent_ot=config["latent_ot"]),
-        chash=lambda wc: lineage_hash(config, "nfpi", "latent_ot"),
-        out=f"{R}/latent_ot",
-        tables=f"{R}/tables",
     log:
         f"{R}/logs/latent_ot.log",
     benchmark:
-        f"{R}/benchmarks/latent_ot.tsv",
+        f"{R}/benchmarks/latent_ot.tsv"
     threads: config["threads"]["other"]
     resources:
         **gpu_resources("infer"),
+    params:
+        launch=launch("latent_ot"),
+        cfg=lambda wc: slices(latent_ot=config["latent_ot"]),
+        chash=lambda wc: lineage_hash(config, "nfpi", "latent_ot"),
+        out=lambda wc, output: os.path.dirname(output.metrics),
+        tables=lambda wc, output: os.path.dirname(output.table_md),
     shell:
-        "{PY} -m nfpi.transport --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
+        "{params.launch} --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
         " --flow {input.flow} --gaussians {input.gaussians} --latents-train {input.train} --latents-test {input.test}"
         " --data-dir $(dirname {input.meta}) --out-dir {params.out} --tables-dir {params.tables}"
         " --grid {output.grid} > {log} 2>&1"

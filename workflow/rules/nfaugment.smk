@@ -1,0 +1,30 @@
+# Stage nfaugment (nfpi/stages/nfaugment.py): the NF-augmented training images of Tables 5-6 and
+# Fig. 2. Config section `augment`; library nfpi.augment.
+
+
+rule nfaugment:
+    input:
+        ckpt=f"{R}/flows/nfpi.pt",
+        latents=f"{R}/latents/nfpi/train.{config['extract']['format']}",
+        meta=f"{R}/data/meta.json",
+    output:
+        npz=f"{R}/augment/nf_train.npz",
+        record=f"{R}/augment/nf_train.json",
+        figure=report(
+            f"{R}/figures/fig2_augment.png", category="Figures", labels={"figure": "Fig. 2 (NF augmentation)"}
+        ),
+    log:
+        f"{R}/logs/nfaugment.log",
+    benchmark:
+        f"{R}/benchmarks/nfaugment.tsv"
+    threads: config["threads"]["other"]
+    resources:
+        **gpu_resources("infer"),
+    params:
+        launch=launch("nfaugment"),
+        cfg=lambda wc: slices(augment=config["augment"]),
+        chash=lambda wc: lineage_hash(config, "nfpi", "augment"),
+    shell:
+        "{params.launch} --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
+        " --checkpoint {input.ckpt} --latents {input.latents} --data-dir $(dirname {input.meta})"
+        " --out {output.npz} --figure {output.figure} > {log} 2>&1"
