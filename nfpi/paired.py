@@ -12,7 +12,7 @@ import statistics
 from collections.abc import Mapping
 from typing import Any
 
-from nfpi.tables import Cell, Table
+from nfpi.report.tables import Cell, Table
 
 __all__ = ["paired_differences", "paired_table"]
 

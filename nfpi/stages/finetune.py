@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     if joint:
         from nfpi.joint_gd import joint_prior
 
-        prior = joint_prior(prior, spec, g["record"], cfg.steps)
+        prior = joint_prior(prior, spec, g_record, cfg.steps)
         log.info("joint GD (Baseline 2 as in the paper): %r trained with the flow over %d steps", prior, cfg.steps)
     per_epoch = max(len(train_set) // cfg.batch_size, 1)  # the loop drops each epoch's partial batch
     log.info("finetune: %d steps (%.2f epochs of %d steps, batch %d) in %d round(s) %s, n_bits=%d, %d training "
