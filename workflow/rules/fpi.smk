@@ -48,6 +48,28 @@ rule solve:
         " --out {output.gaussians} --out-json {output.record} > {log} 2>&1"
 
 
+checkpoint share:
+    # Settings whose Gaussians are equal within experiments.share_tol (and whose objective is the same)
+    # share one fine-tuning; the rules downstream ask `shared(setting)` which flow stands for a setting.
+    input:
+        [f"{R}/gaussians/{s}.pt" for s in FINETUNED],
+    output:
+        f"{R}/gaussians/shared.json",
+    params:
+        cfg=lambda wc: slices(share=share_slice(config, FINETUNED, SHARE_TOL)),
+        chash=lambda wc: config_hash({s: lineage_hash(config, s) for s in FINETUNED} | {"tol": SHARE_TOL}),
+    log:
+        f"{R}/logs/share.log",
+    benchmark:
+        f"{R}/benchmarks/share.tsv",
+    threads: 1
+    resources:
+        **cpu_resources(),
+    shell:
+        "{PY} -m nfpi.share --config {params.cfg:q} --config-hash {params.chash} --threads {threads}"
+        " --gaussians {input} --out {output} > {log} 2>&1"
+
+
 rule lambda_path:
     input:
         record=f"{R}/gaussians/nfpi.json",

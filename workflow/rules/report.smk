@@ -3,12 +3,8 @@
 
 
 def _table_inputs(wc):
-    files = [f"{R}/metrics/{s}.json" for t in TABLES.values() for s in t]
-    files += [f"{R}/cnn/{s}.json" for t in ("table2", "table3") for s in TABLES.get(t, [])]
-    for m in ("swin", "eva02"):
-        if config["experiments"].get(m, True):
-            files += [f"{R}/{m}/{a}_{b}.json" for a in ("none", "nf") for b in ("none", "sa")]
-    return sorted(set(files))
+    # a setting that shares another's fine-tuning (nfpi.share) reads the representative's files
+    return table_files() + ([f"{R}/gaussians/shared.json"] if SHAREABLE else [])
 
 
 def _table_names():
@@ -29,6 +25,7 @@ rule tabulate:
     params:
         # only what the tables depend on: editing figures.* or latent_ot.* does not rebuild them
         cfg=lambda wc: json.dumps(tables_slice(config), sort_keys=True),
+        shared=f"--shared {R}/gaussians/shared.json" if SHAREABLE else "",
         out=f"{R}/tables",
     log:
         f"{R}/logs/tabulate.log",
@@ -38,7 +35,8 @@ rule tabulate:
     resources:
         **cpu_resources(),
     shell:
-        "{PY} -m nfpi.tabulate --config {params.cfg:q} --results {R} --out-dir {params.out} > {log} 2>&1"
+        "{PY} -m nfpi.tabulate --config {params.cfg:q} --results {R} --out-dir {params.out} {params.shared}"
+        " > {log} 2>&1"
 
 
 rule resolved_config:
@@ -93,7 +91,8 @@ rule tsne:
 rule curves:
     input:
         pretrain=f"{R}/flows/pretrain.jsonl",
-        finetune=[f"{R}/flows/{s}.jsonl" for s in TABLES.get("table1", ["nfpi"])],
+        # one curve per fine-tuned flow: a setting that shares another's fine-tuning has no curve of its own
+        finetune=lambda wc: list(dict.fromkeys(f"{R}/flows/{shared(s)}.jsonl" for s in TABLES.get("table1", ["nfpi"]))),
     output:
         report(f"{R}/figures/training_curves.png", category="Figures", labels={"figure": "training curves"}),
     log:
