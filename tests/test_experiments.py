@@ -122,3 +122,12 @@ def test_tabulate_receives_only_what_the_tables_depend_on() -> None:
     cfg = copy.deepcopy(CONFIG)
     cfg["fpi"]["max_iter"] = 50  # the NFPI settings' lineage: the tables check those hashes
     assert tables_slice(cfg) != base
+
+
+def test_the_default_subset_computes_its_rows_as_the_full_run_does() -> None:
+    """Leaving rows out changes no row that stays: every setting of the default has the full run's lineage."""
+    full = settings_from_config(CONFIG)
+    for s in settings_from_config(DEFAULT):
+        assert s in full
+        assert lineage_hash(DEFAULT, s, "evaluate") == lineage_hash(CONFIG, s, "evaluate"), s
+        assert lineage_hash(DEFAULT, s, "sample", "cnn") == lineage_hash(CONFIG, s, "sample", "cnn"), s
