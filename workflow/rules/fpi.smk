@@ -51,6 +51,8 @@ rule solve:
 checkpoint share:
     # Settings whose Gaussians are equal within experiments.share_tol (and whose objective is the same)
     # share one fine-tuning; the rules downstream ask `shared(setting)` which flow stands for a setting.
+    # A one-second job that unlocks the fine-tunings of the settings that do not share: run it first.
+    priority: 30
     input:
         [f"{R}/gaussians/{s}.pt" for s in FINETUNED],
     output:
