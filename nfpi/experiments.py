@@ -25,7 +25,7 @@ from typing import Any
 from nfpi.config import config_hash
 
 __all__ = ["Setting", "settings_from_config", "lineage", "lineage_hash", "table_settings", "ablation_rows",
-           "GD_POLICIES", "ABLATION"]
+           "aug_variants", "GD_POLICIES", "ABLATION"]
 
 GD_POLICIES: tuple[str, ...] = ("sublinear_v1", "sublinear_v2", "linear", "superlinear_v1", "superlinear_v2")
 GD_LABELS: dict[str, str] = {
@@ -229,3 +229,12 @@ def tables_slice(config: Mapping[str, Any]) -> dict[str, Any]:
     """The config ``tabulate`` receives: every section a table's numbers, labels or provenance check (the
     lineage hashes of its metrics files) depend on, and nothing else."""
     return {k: v for k, v in config.items() if k not in NOT_TABULATED}
+
+
+def aug_variants(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Tables 5-6's rows as ``(file key, label)``: without / with NF augmentation, each also with the standard
+    augmentation set (SA) when ``experiments.standard_aug`` (the paper's four rows; the default run's two)."""
+    rows = [("none_none", "Baseline (no augmentation)"), ("nf_none", "+ NF augmentation (ours)")]
+    if config.get("experiments", {}).get("standard_aug", True):
+        rows += [("none_sa", "+ standard augmentations (SA)"), ("nf_sa", "+ NF augmentation + SA")]
+    return rows

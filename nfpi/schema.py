@@ -411,11 +411,20 @@ def build_schema() -> dict[str, Any]:
                 "ablation_lam": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None,
                                  "description": "lambda of Table 3's rows #2-#4 (null: fpi.lam); learning the "
                                                 "variances diverges at a lower lambda than the means alone"},
+                "share_tol": {"type": ["number", "null"], "minimum": 0, "default": 1e-3,
+                              "description": "settings whose solved Gaussians are this close (largest class-mean "
+                                             "shift in standard deviations or relative variance change; same "
+                                             "objective) share one fine-tuning and the tables say so (nfpi.share); "
+                                             "0 or null: fine-tune every setting (the paper's protocol)"},
                 "figure_lambdas": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "minItems": 2,
                                    "maxItems": 2, "default": [10.0, 1000.0],
                                    "description": "Fig. 1(c)-(d): a small and a large lambda"},
                 "swin": {"type": "boolean", "default": True, "description": "Table 5 (Swin + NF augmentation)"},
                 "eva02": {"type": "boolean", "default": True, "description": "Table 6 (EVA02 + NF augmentation)"},
+                "standard_aug": {"type": "boolean", "default": True,
+                                 "description": "Tables 5-6: also the rows with the standard augmentation set (SA, "
+                                                "with and without NF augmentation); false: the no-augmentation and "
+                                                "NF-augmentation rows only"},
                 "latent_ot": {"type": "boolean", "default": True, "description": "latent OT prior comparison"},
                 "flowfactor": {"type": "boolean", "default": True, "description": "flow-factorized transformations"},
             },

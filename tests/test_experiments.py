@@ -7,9 +7,13 @@ from pathlib import Path
 
 import yaml
 
-from nfpi.experiments import ablation_rows, lambda_setting_name, lineage_hash, settings_from_config, table_settings
+from nfpi.experiments import ablation_rows, aug_variants, lambda_setting_name, lineage_hash, settings_from_config, table_settings
 
-CONFIG = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" / "config.yaml").read_text())
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+# the default's data with every experiment of the paper (config/full.yaml over config/config.yaml)
+CONFIG = {**DEFAULT, "experiments": {**DEFAULT["experiments"],
+                                     **yaml.safe_load((ROOT / "config" / "full.yaml").read_text())["experiments"]}}
 
 
 def test_settings_cover_tables() -> None:
@@ -27,6 +31,19 @@ def test_settings_cover_tables() -> None:
         "sublinear_v1", "sublinear_v2", "linear", "superlinear_v1", "superlinear_v2"}
     # Every setting a CNN table needs is flagged for sampling + CNN training.
     assert all(s[n].cnn for n in t.get("table2", []) + t.get("table3", []))
+
+
+def test_the_default_runs_a_subset_that_full_restores() -> None:
+    """The default run leaves out Table 3, three GD policies and the SA rows; config/full.yaml adds them back,
+    and the paper configs set the same keys (they are overlays on config/config.yaml)."""
+    t, full = table_settings(DEFAULT), table_settings(CONFIG)
+    assert "table3" not in t and "table3" in full
+    assert set(t["table1"]) < set(full["table1"]) and t["table2"] == full["table2"]
+    assert [v for v, _ in aug_variants(DEFAULT)] == ["none_none", "nf_none"] and len(aug_variants(CONFIG)) == 4
+    for paper in ("cifar10", "cifar100", "imagenet32", "imagenet64", "mnist"):
+        exp = yaml.safe_load((ROOT / "config" / f"{paper}.yaml").read_text())["experiments"]
+        assert {k: exp[k] for k in CONFIG["experiments"] if k in ("gd_policies", "ablation", "standard_aug")} == {
+            k: CONFIG["experiments"][k] for k in ("gd_policies", "ablation", "standard_aug")}, paper
 
 
 def test_lambda_equal_to_fpi_lam_reuses_nfpi() -> None:
@@ -105,3 +122,12 @@ def test_tabulate_receives_only_what_the_tables_depend_on() -> None:
     cfg = copy.deepcopy(CONFIG)
     cfg["fpi"]["max_iter"] = 50  # the NFPI settings' lineage: the tables check those hashes
     assert tables_slice(cfg) != base
+
+
+def test_the_default_subset_computes_its_rows_as_the_full_run_does() -> None:
+    """Leaving rows out changes no row that stays: every setting of the default has the full run's lineage."""
+    full = settings_from_config(CONFIG)
+    for s in settings_from_config(DEFAULT):
+        assert s in full
+        assert lineage_hash(DEFAULT, s, "evaluate") == lineage_hash(CONFIG, s, "evaluate"), s
+        assert lineage_hash(DEFAULT, s, "sample", "cnn") == lineage_hash(CONFIG, s, "sample", "cnn"), s

@@ -54,3 +54,14 @@ def test_refuses_runs_that_are_not_replicates(tmp_path: Path) -> None:
         spread_table([a, c])
     with pytest.raises(FileNotFoundError, match="config.resolved.yaml"):
         spread_table([a, tmp_path / "missing"])
+
+
+def test_a_shared_setting_reads_its_representatives_metrics(tmp_path: Path) -> None:
+    """A run where gd_linear shared NFPI's fine-tuning (nfpi.share) has no metrics/gd_linear.json."""
+    a = _run(tmp_path, "a", 0, {"nfpi": 0.97, "gd_linear": 0.97})
+    b = _run(tmp_path, "b", 1, {"nfpi": 0.99, "gd_linear": 0.5})
+    (b / "metrics" / "gd_linear.json").unlink()
+    (b / "gaussians").mkdir()
+    (b / "gaussians" / "shared.json").write_text(json.dumps({"representative": {"gd_linear": "nfpi", "nfpi": "nfpi"}}))
+    _, summary = spread_table([a, b])
+    assert summary["gd_linear"]["NF-Acc"]["values"] == pytest.approx([97.0, 99.0])

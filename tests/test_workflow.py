@@ -45,6 +45,13 @@ def test_tiny_workflow_produces_every_table_and_figure(tiny_run: Path) -> None:
         assert (r / "figures" / fig).stat().st_size > 1000, fig
     summary = json.loads((r / "summary.json").read_text())
     assert set(summary["tables"]) >= {f"table{n}" for n in range(1, 7)}
+    # the share checkpoint ran; a GD policy that shares NFPI's fine-tuning has no flow of its own, and its
+    # Table 1 row says whose numbers it prints
+    shared = json.loads((r / "gaussians" / "shared.json").read_text())["representative"]
+    assert summary["shared"] == {s: rep for s, rep in shared.items() if rep != s}
+    for s, rep in summary["shared"].items():
+        assert not (r / "flows" / f"{s}.pt").exists() and (r / "flows" / f"{rep}.pt").is_file()
+        assert any(row[4] == f"shares {rep}'s fine-tuning" for row in summary["tables"]["table1"])
     m = json.loads((r / "metrics" / "nfpi.json").read_text())
     assert 0.0 <= m["test"]["nf_acc"] <= 1.0 and m["provenance"]["config_hash"]
     assert (r / "latent_ot" / "metrics.json").is_file() and (r / "flowfactor" / "metrics.json").is_file()

@@ -15,11 +15,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from nfpi.experiments import ablation_rows, lambda_setting_name, lineage_hash, settings_from_config, table_settings
+from nfpi.experiments import (GD_POLICIES, ablation_rows, aug_variants, lambda_setting_name, lineage_hash,
+                              settings_from_config, table_settings)
 from nfpi.report.tables import Cell, Table, cell_from, load_metrics, lookup
+from nfpi.share import SharedRows
 
 
-__all__ = ["paper_tables", "table1", "table2", "table3", "table4", "headline", "summary_page"]
+__all__ = ["paper_tables", "table1", "table2", "table3", "table4", "headline", "summary_page", "not_run"]
 
 PCT = 100.0
 
@@ -32,19 +34,44 @@ def _status_note(m: Mapping[str, Any]) -> str:
     return f"{status}" + (f" ({it} it.)" if it is not None else "")
 
 
-def table1(cfg: Mapping[str, Any], r: Path, names: list[str], stamp: dict[str, str]) -> Table:
-    settings = settings_from_config(cfg)
+def _load(cfg: Mapping[str, Any], r: Path, sh: SharedRows, kind: str, s: str) -> tuple[Path, dict[str, Any]]:
+    """A setting's metrics file (``kind``: metrics or cnn), its representative's when it shares a fine-tuning,
+    checked against the lineage hash of the setting it was computed for."""
+    rep = sh.of(s)
+    f = r / kind / f"{rep}.json"
+    sections = ("evaluate",) if kind == "metrics" else ("sample", "cnn")
+    return f, load_metrics(f, lineage_hash(cfg, rep, *sections))
+
+
+def _labels(cfg: Mapping[str, Any]) -> dict[str, str]:
+    return {name: s.label for name, s in settings_from_config(cfg).items()}
+
+
+def _gd_subset_note(cfg: Mapping[str, Any]) -> list[str]:
+    """Say so when Table 1 has fewer Baseline 2 rows than the paper's five learning-rate policies."""
+    ran = list(cfg.get("experiments", {}).get("gd_policies", GD_POLICIES))
+    left = [p for p in GD_POLICIES if p not in ran]
+    if not left:
+        return []
+    return [f"Baseline 2 ran {len(ran)} of the {len(GD_POLICIES)} learning-rate policies (experiments.gd_policies); "
+            f"not run: {', '.join(left)} (config/full.yaml runs all five)."]
+
+
+def table1(cfg: Mapping[str, Any], r: Path, names: list[str], stamp: dict[str, str],
+           sh: SharedRows | None = None) -> Table:
+    sh = sh or SharedRows()
+    labels = _labels(cfg)
     cnn = bool(cfg.get("experiments", {}).get("table1_cnn", False))  # CNN-Acc of every row (experiments.table1_cnn)
     rows = []
     for s in names:
-        f = r / "metrics" / f"{s}.json"
-        m = load_metrics(f, lineage_hash(cfg, s, "evaluate"))
-        row = [Cell(settings[s].label), cell_from(m, f, "test.nf_acc", scale=PCT),
+        f, m = _load(cfg, r, sh, "metrics", s)
+        note = _status_note(m) if sh.of(s) == s else f"shares {sh.of(s)}'s fine-tuning"
+        row = [Cell(sh.label(s, labels[s], labels)), cell_from(m, f, "test.nf_acc", scale=PCT),
                cell_from(m, f, "val.nf_acc", scale=PCT), cell_from(m, f, "test.bpd_conditional", fmt="{:.3f}"),
-               Cell(_status_note(m))]
+               Cell(note)]
         if cnn:
-            fc = r / "cnn" / f"{s}.json"
-            row.insert(2, cell_from(load_metrics(fc, lineage_hash(cfg, s, "sample", "cnn")), fc, "test.top1", scale=PCT))
+            fc, mc = _load(cfg, r, sh, "cnn", s)
+            row.insert(2, cell_from(mc, fc, "test.top1", scale=PCT))
         rows.append(row)
     columns = ["Model", "NF-Acc test (%)", "NF-Acc val (%)", "bits/dim test", "Gaussian solver"]
     if cnn:
@@ -57,18 +84,19 @@ def table1(cfg: Mapping[str, Any], r: Path, names: list[str], stamp: dict[str, s
                   "Baseline 2 uses the learning-rate policies defined in docs/method.md (the paper does not define "
                   "them). 'converged on fixed latents': GD minimises Eq. 4 on the pretrained flow's latents to "
                   "convergence, then the flow is fine-tuned on the result; 'joint with the flow' (the paper's "
-                  "reading): the Gaussians take a GD step of Eq. 4 at every fine-tuning step (docs/method.md)."],
-                 stamp)
+                  "reading): the Gaussians take a GD step of Eq. 4 at every fine-tuning step (docs/method.md)."]
+                 + _gd_subset_note(cfg) + sh.note(names), stamp)
 
 
-def table2(cfg: Mapping[str, Any], r: Path, stamp: dict[str, str]) -> Table:
+def table2(cfg: Mapping[str, Any], r: Path, stamp: dict[str, str], sh: SharedRows | None = None) -> Table:
+    sh = sh or SharedRows()
     lams = list(cfg["experiments"]["lambdas"])
     metrics = []
     for lam in lams:
         s = lambda_setting_name(cfg, lam)
-        f, fc = r / "metrics" / f"{s}.json", r / "cnn" / f"{s}.json"
-        metrics.append((lam, f, load_metrics(f, lineage_hash(cfg, s, "evaluate")), fc,
-                        load_metrics(fc, lineage_hash(cfg, s, "sample", "cnn"))))
+        f, m = _load(cfg, r, sh, "metrics", s)
+        fc, mc = _load(cfg, r, sh, "cnn", s)
+        metrics.append((lam, f, m, fc, mc))
     best = max(metrics, key=lambda t: lookup(t[2], "val.nf_acc") or -1.0)[0]
     rows = [[Cell(f"{lam:g}" + (" (best val)" if lam == best else "")), cell_from(m, f, "test.nf_acc", scale=PCT),
              cell_from(mc, fc, "test.top1", scale=PCT), cell_from(m, f, "val.nf_acc", scale=PCT), Cell(_status_note(m))]
@@ -77,8 +105,8 @@ def table2(cfg: Mapping[str, Any], r: Path, stamp: dict[str, str]) -> Table:
                  ["lambda", "NF-Acc test (%)", "CNN-Acc test (%)", "NF-Acc val (%)", "FPI"], rows,
                  ["CNN-Acc: a ResNet18 trained only on images sampled from the fine-tuned flow "
                   f"({cfg['sample']['per_class']} per class, T = {cfg['sample']['temperature']}), tested on the real "
-                  "test split.", "lambda is selected on the validation split (marked); test numbers are only reported."],
-                 stamp)
+                  "test split.", "lambda is selected on the validation split (marked); test numbers are only reported."]
+                 + sh.note([lambda_setting_name(cfg, lam) for lam in lams]), stamp)
 
 
 def _ablation_lam(cfg: Mapping[str, Any]) -> float | str:
@@ -87,22 +115,24 @@ def _ablation_lam(cfg: Mapping[str, Any]) -> float | str:
     return "auto (each row's own lambda path)" if lam == "auto" else float(lam)
 
 
-def table3(cfg: Mapping[str, Any], r: Path, stamp: dict[str, str]) -> Table:
+def table3(cfg: Mapping[str, Any], r: Path, stamp: dict[str, str], sh: SharedRows | None = None) -> Table:
+    sh = sh or SharedRows()
     rows = []
     for label, s in ablation_rows(cfg):
         label = f"{label} (the NFPI setting)" if s == "nfpi" else label  # same spec: one setting, one run
-        f, fc = r / "metrics" / f"{s}.json", r / "cnn" / f"{s}.json"
-        m = load_metrics(f, lineage_hash(cfg, s, "evaluate"))
-        mc = load_metrics(fc, lineage_hash(cfg, s, "sample", "cnn"))
+        f, m = _load(cfg, r, sh, "metrics", s)
+        fc, mc = _load(cfg, r, sh, "cnn", s)
         rows.append([Cell(label), cell_from(m, f, "test.nf_acc", scale=PCT), cell_from(mc, fc, "test.top1", scale=PCT)])
     return Table("table3", f"Table 3: ablation of the KLD components ({cfg['data']['name']})",
                  ["Setting", "NF-Acc test (%)", "CNN-Acc test (%)"], rows,
                  [f"lambda = {_ablation_lam(cfg)} for rows #2-#4. All rows initialise from the class data statistics except "
-                  "#2 (identity covariance, kept fixed)."],
+                  "#2 (identity covariance, kept fixed)."] + sh.note([s for _, s in ablation_rows(cfg)]),
                  stamp)
 
 
-def table4(cfg: Mapping[str, Any], r: Path, stamp: dict[str, str]) -> Table:
+def table4(cfg: Mapping[str, Any], r: Path, stamp: dict[str, str], sh: SharedRows | None = None) -> Table:
+    sh = sh or SharedRows()
+    labels = _labels(cfg)
     rows = []
     ref = resources.files("nfpi").joinpath("resources/related_work.csv")
     with ref.open(encoding="utf-8") as fh:
@@ -115,10 +145,10 @@ def table4(cfg: Mapping[str, Any], r: Path, stamp: dict[str, str]) -> Table:
     for s, label, goa in (("nfpi", "NF^pi (this implementation)", "FPI"),
                           (gd + cfg["experiments"].get("gd_policies", ["linear"])[0], "NF^GD (this implementation)",
                            "GD")):
-        f = r / "metrics" / f"{s}.json"
-        if not f.exists():
+        if not (r / "metrics" / f"{sh.of(s)}.json").exists():
             continue
-        m = load_metrics(f, lineage_hash(cfg, s, "evaluate"))
+        f, m = _load(cfg, r, sh, "metrics", s)
+        label = sh.label(s, label, labels)
         acc = cell_from(m, f, "test.nf_acc", scale=PCT)
         c10 = acc if ds == "cifar10" else Cell(None, note=f"measured on {ds}: {acc.text()}")
         c100 = acc if ds == "cifar100" else Cell(None, note="-")
@@ -131,8 +161,7 @@ def table4(cfg: Mapping[str, Any], r: Path, stamp: dict[str, str]) -> Table:
 
 
 def _aug_table(cfg: Mapping[str, Any], r: Path, which: str, stamp: dict[str, str]) -> Table:
-    variants = [("none_none", "Baseline (no augmentation)"), ("nf_none", "+ NF augmentation (ours)"),
-                ("none_sa", "+ standard augmentations (SA)"), ("nf_sa", "+ NF augmentation + SA")]
+    variants = aug_variants(cfg)
     sec = cfg[which]
     scratch = not sec.get("pretrained_file")
     arch = sec.get("arch", which)
@@ -149,11 +178,30 @@ def _aug_table(cfg: Mapping[str, Any], r: Path, which: str, stamp: dict[str, str
         f"fine-tuned from {sec.get('pretrained_file')}"
     notes = [f"{arch} {origin}.",
              "NF augmentation: PCA-axis latent mixup of same-class pairs through the NFPI flow (docs/method.md)."]
+    if len(variants) < 4:
+        notes.append("The rows with the standard augmentation set (SA) were not run (experiments.standard_aug: "
+                     "false, the default run's choice; config/full.yaml runs them).")
     if which == "eva02" and scratch:
         notes.append("The paper's Table 6 fine-tunes an ImageNet-21k-pretrained EVA02 on ImageNet; without a local "
                      "weights file this row set is a small EVA02-style model trained from scratch, not that setting.")
     return Table(f"table{num}", f"Table {num}: NF augmentation for {arch} ({cfg['data']['name']})",
                  ["Training set", "Params (M)", "Top-1 test (%)", "Top-5 test (%)", "Train images"], rows, notes, stamp)
+
+
+def not_run(cfg: Mapping[str, Any], which: Mapping[str, list[str]]) -> str:
+    """The paper's tables this config does not run (so that a missing table is a stated choice, not a loss)."""
+    exp = cfg.get("experiments", {})
+    off = [(t, title, key) for t, title, key in (("table1", "Table 1 (baselines and NFPI)", "table1"),
+                                                   ("table2", "Table 2 (the lambda sweep)", "lambdas"),
+                                                   ("table3", "Table 3 (the KLD ablation)", "ablation"))
+           if t not in which]
+    off += [(m, title, m) for m, title in (("swin", "Table 5 (Swin)"), ("eva02", "Table 6 (EVA02)"))
+            if not exp.get(m, True)]
+    if not off:
+        return ""
+    lines = [f"- {title}: off (experiments.{key})" for _, title, key in off]
+    return "\n## Not run in this config\n\n" + "\n".join(lines) + "\n\nconfig/full.yaml runs every table on the " \
+        "default's data (docs/benchmarks.md, \"What the default runs\").\n"
 
 
 def headline(cfg: Mapping[str, Any], r: Path, which: Mapping[str, list[str]]) -> list[tuple[str, Cell]]:
@@ -204,17 +252,20 @@ def summary_page(cfg: Mapping[str, Any], head: list[tuple[str, Cell]], stamp: Ma
     return html_page(f"Results summary: {cfg.get('run')} ({cfg['data']['name']})", body)
 
 
-def paper_tables(cfg: Mapping[str, Any], r: Path, stamp: dict[str, str]) -> list[Table]:
-    """Tables 1-6 as the run's config selects them: 1-3 per ``experiments``, 4 always, 5-6 per classifier."""
+def paper_tables(cfg: Mapping[str, Any], r: Path, stamp: dict[str, str],
+                 sh: SharedRows | None = None) -> list[Table]:
+    """Tables 1-6 as the run's config selects them: 1-3 per ``experiments``, 4 always, 5-6 per classifier.
+    ``sh``: the settings that share a fine-tuning (:mod:`nfpi.share`; none by default)."""
+    sh = sh or SharedRows()
     which = table_settings(cfg)
     tables: list[Table] = []
     if "table1" in which:
-        tables.append(table1(cfg, r, which["table1"], stamp))
+        tables.append(table1(cfg, r, which["table1"], stamp, sh))
     if "table2" in which:
-        tables.append(table2(cfg, r, stamp))
+        tables.append(table2(cfg, r, stamp, sh))
     if "table3" in which:
-        tables.append(table3(cfg, r, stamp))
-    tables.append(table4(cfg, r, stamp))
+        tables.append(table3(cfg, r, stamp, sh))
+    tables.append(table4(cfg, r, stamp, sh))
     for sec in ("swin", "eva02"):
         if cfg["experiments"].get(sec, True):
             tables.append(_aug_table(cfg, r, sec, stamp))

@@ -23,6 +23,7 @@ from nfpi.config import ConfigError
 from nfpi.experiments import settings_from_config, table_settings
 from nfpi.io import atomic_write_json
 from nfpi.report.tables import Cell, Table, load_metrics, lookup, write_table
+from nfpi.share import SharedRows
 
 log = logging.getLogger("nfpi.stages.spread")
 
@@ -49,6 +50,12 @@ def load_run(path: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{f}: missing; finish the run first (snakemake ... tables) so its tables and "
                                 "resolved config exist")
     return yaml.safe_load(f.read_text())
+
+
+def _shared(run: Path) -> SharedRows:
+    """The run's shared fine-tunings (``gaussians/shared.json``; none if the run shared none)."""
+    f = run / "gaussians" / "shared.json"
+    return SharedRows.read(str(f) if f.is_file() else None)
 
 
 def check_replicates(configs: list[dict[str, Any]], runs: list[Path]) -> None:
@@ -81,7 +88,8 @@ def spread_table(runs: list[Path]) -> tuple[Table, dict[str, Any]]:
     rows, summary = [], {}
     for s in names:
         for metric, sub, key in (("NF-Acc", "metrics", "test.nf_acc"), ("CNN-Acc", "cnn", "test.top1")):
-            files = [r / sub / f"{s}.json" for r in runs]
+            # a setting that shared another's fine-tuning in a run (nfpi.share) has the representative's files
+            files = [r / sub / f"{_shared(r).of(s)}.json" for r in runs]
             if not all(f.is_file() for f in files):
                 continue  # CNN-Acc exists only for the settings a table samples from
             vals = [100.0 * float(lookup(load_metrics(f), key)) for f in files]

@@ -26,9 +26,10 @@ except WorkflowError as exc:
 sys.path.insert(0, os.path.join(workflow.basedir, "profiles", "slurm"))
 from preflight import check_workflow as slurm_preflight  # noqa: E402
 
-from nfpi.config import from_mapping
-from nfpi.experiments import lineage_hash, settings_from_config, table_settings, tables_slice
+from nfpi.config import config_hash, from_mapping
+from nfpi.experiments import aug_variants, lineage_hash, settings_from_config, table_settings, tables_slice
 from nfpi.flows import FlowConfig, resolve_preset
+from nfpi.share import share_slice, shareable_settings
 
 RUN = config["run"]
 R = f"results/{RUN}"
@@ -38,6 +39,37 @@ SETTING_RE = "|".join(SETTINGS)
 FLOW_RE = "|".join(["pretrain", *SETTINGS])
 LEVELS = resolve_preset(from_mapping(FlowConfig, config["flow"], where="flow")).levels
 RES = config["resources"]
+# Settings whose solved Gaussians are equal within experiments.share_tol share one fine-tuning (the
+# `share` checkpoint, nfpi.share). FINETUNED: the candidates (every setting a table reports), NFPI first
+# so that it is always its own representative (Tables 5-6, Fig. 2 and the related methods use its flow).
+# SHAREABLE: those with the objective of an earlier candidate (in practice the GD policies); only they
+# wait for the checkpoint, every other setting's jobs are scheduled from the start.
+SHARE_TOL = float(config["experiments"].get("share_tol") or 0.0)
+FINETUNED = [s for s in dict.fromkeys(["nfpi", *SETTINGS]) if s in SETTINGS and any(s in t for t in TABLES.values())]
+SHAREABLE = shareable_settings(config, FINETUNED, SHARE_TOL)
+
+
+def shared(setting):
+    """The setting whose fine-tuned flow and metrics stand for `setting` (itself unless it shares one)."""
+    if setting not in SHAREABLE:
+        return setting
+    with open(checkpoints.share.get().output[0]) as fh:
+        return json.load(fh)["representative"].get(setting, setting)
+
+
+def table_files(rep=shared):
+    """The metrics files the tables read, each setting mapped by `rep` (None: leave the shareable out)."""
+    pick = (lambda s: None if s in SHAREABLE else s) if rep is None else rep
+    names = [pick(s) for t in TABLES.values() for s in t]
+    cnn_tables = ("table2", "table3")
+    if config["experiments"].get("table1_cnn", False):  # CNN-Acc for every Table 1 row
+        cnn_tables = ("table1",) + cnn_tables
+    cnn = [pick(s) for t in cnn_tables for s in TABLES.get(t, [])]
+    files = [f"{R}/metrics/{s}.json" for s in names if s] + [f"{R}/cnn/{s}.json" for s in cnn if s]
+    for m in ("swin", "eva02"):
+        if config["experiments"].get(m, True):
+            files += [f"{R}/{m}/{v}.json" for v, _ in aug_variants(config)]
+    return sorted(set(files))
 
 
 wildcard_constraints:
@@ -90,7 +122,8 @@ def cpu_resources(kind="cpu"):
 
 
 def all_targets():
-    t = [
+    # the tables' inputs that wait for no `share` checkpoint are listed too: the scheduler sees them from the start
+    t = table_files(rep=None) + [
         f"{R}/tables/README.md",
         f"{R}/config.resolved.yaml",
         f"{R}/figures/fig1_tsne.png",
@@ -142,15 +175,8 @@ def _aug_inputs(wc):
 
 # rule tabulate
 def _table_inputs(wc):
-    files = [f"{R}/metrics/{s}.json" for t in TABLES.values() for s in t]
-    cnn_tables = ("table2", "table3")
-    if config["experiments"].get("table1_cnn", False):  # CNN-Acc for every Table 1 row
-        cnn_tables = ("table1",) + cnn_tables
-    files += [f"{R}/cnn/{s}.json" for t in cnn_tables for s in TABLES.get(t, [])]
-    for m in ("swin", "eva02"):
-        if config["experiments"].get(m, True):
-            files += [f"{R}/{m}/{a}_{b}.json" for a in ("none", "nf") for b in ("none", "sa")]
-    return sorted(set(files))
+    # a setting that shares another's fine-tuning (nfpi.share) reads the representative's files
+    return table_files() + ([f"{R}/gaussians/shared.json"] if SHAREABLE else [])
 
 
 # rule tabulate

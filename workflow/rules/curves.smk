@@ -5,7 +5,8 @@
 rule curves:
     input:
         pretrain=f"{R}/flows/pretrain.jsonl",
-        finetune=[f"{R}/flows/{s}.jsonl" for s in TABLES.get("table1", ["nfpi"])],
+        # one curve per fine-tuned flow: a setting that shares another's fine-tuning has no curve of its own
+        finetune=lambda wc: list(dict.fromkeys(f"{R}/flows/{shared(s)}.jsonl" for s in TABLES.get("table1", ["nfpi"]))),
     output:
         report(f"{R}/figures/training_curves.png", category="Figures", labels={"figure": "training curves"}),
     log:

@@ -24,5 +24,7 @@ rule tabulate:
         cfg=lambda wc: json.dumps(tables_slice(config), sort_keys=True),
         out=lambda wc, output: os.path.dirname(output[0]),
         results=lambda wc, output: os.path.dirname(output[1]),
+        shared=f"--shared {R}/gaussians/shared.json" if SHAREABLE else "",
     shell:
-        "{params.launch} --config {params.cfg:q} --results {params.results} --out-dir {params.out} > {log} 2>&1"
+        "{params.launch} --config {params.cfg:q} --results {params.results} --out-dir {params.out}"
+        " {params.shared} > {log} 2>&1"
