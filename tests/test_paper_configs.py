@@ -199,7 +199,11 @@ def test_outputs_exist_and_metrics_are_finite(paper_run: dict[str, Any]) -> None
             checked += 1
     nf = json.loads((r / "metrics" / "nfpi.json").read_text())
     assert 0.0 <= nf["test"]["nf_acc"] <= 1.0
-    assert checked >= 20
+    # one result per job of each classifier / evaluate rule the dry run planned, none missing
+    planned = paper_run["planned"]
+    for sub, rule in (("metrics", "evaluate"), ("cnn", "cnn"), ("swin", "swin"), ("eva02", "eva02")):
+        assert len(list((r / sub).glob("*.json"))) == planned.get(rule, 0), (sub, planned.get(rule, 0))
+    assert checked >= sum(planned.get(k, 0) for k in ("evaluate", "cnn", "swin", "eva02")) + 2
 
 
 def test_training_processes_and_eva02_weights(paper_run: dict[str, Any]) -> None:
