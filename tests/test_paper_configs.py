@@ -214,6 +214,10 @@ def test_training_processes_and_eva02_weights(paper_run: dict[str, Any]) -> None
     if not paper_run["eva02"]:  # Table 6 off (CIFAR, MNIST): no EVA02 job ran
         assert not (r / "eva02").exists()
         return
-    eva = json.loads((r / "eva02" / "none_none.json").read_text())
-    # Table 6 fine-tunes pretrained weights: the tiny generated timm checkpoint stands in for EVA02-B
-    assert eva["pretrained"] is True and eva["pretrained_file"].endswith("eva02_tiny.pt")
+    # Table 6 fine-tunes pretrained weights: the tiny generated timm checkpoint stands in for EVA02-B, in
+    # every EVA02 job and in each of its processes (the eva02 rule runs torchrun too when gpus > 1)
+    for f in sorted((r / "eva02").glob("*.json")):
+        eva = json.loads(f.read_text())
+        assert eva["pretrained"] is True and eva["config"]["pretrained_file"].endswith("eva02_tiny.pt"), f.name
+        log = (r / "logs" / f"eva02_{f.stem}.log").read_text()
+        assert log.count("loaded pretrained weights from ") == world and "eva02_tiny.pt" in log, f.name
