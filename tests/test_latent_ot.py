@@ -221,7 +221,7 @@ def _fake_run(root, cap: int):  # type: ignore[no-untyped-def]
     data-initialised but untrained flow (invertible, so decoding works), its latents and class Gaussians."""
     from nfpi.checkpoint import save_checkpoint
     from nfpi.data import DataConfig, PreparedData, prepare_dataset
-    from nfpi.density import ClassGaussianPrior, preprocess
+    from nfpi.density import ClassGaussianPrior, save_gaussians, preprocess
     from nfpi.flows import FlowConfig, build_flow
     from nfpi.latents import write_latents
 
@@ -248,7 +248,7 @@ def _fake_run(root, cap: int):  # type: ignore[no-untyped-def]
     save_checkpoint(root / "flows/nfpi.pt", kind="flow", model=flow.state_dict(), ema=flow.state_dict(),
                     gaussians=prior.state_dict(), config={"flow": fcfg, "image_shape": list(data.image_shape)})
     (root / "gaussians").mkdir()
-    torch.save({"prior": prior.state_dict(), "record": {"setting": "nfpi"}}, root / "gaussians/nfpi.pt")
+    save_gaussians(root / "gaussians/nfpi.pt", prior, {"setting": "nfpi"})
     return data
 
 
