@@ -79,8 +79,8 @@ def glyphs16(n: int = 1500, seed: int = 0) -> Spec:
         canvas = Image.new("L", (16 * s, 16 * s), 0)
         d = ImageDraw.Draw(canvas)
         # centre the glyph's ink box, then shift it; rotation about the canvas centre
-        l, t, r, b = d.textbbox((0, 0), GLYPHS[y], font=fonts[size], stroke_width=stroke)
-        cx, cy = (16 * s - (r - l)) / 2 - l, (16 * s - (b - t)) / 2 - t
+        x0, y0, x1, y1 = d.textbbox((0, 0), GLYPHS[y], font=fonts[size], stroke_width=stroke)
+        cx, cy = (16 * s - (x1 - x0)) / 2 - x0, (16 * s - (y1 - y0)) / 2 - y0
         dx, dy = rng.uniform(-1.0, 1.0, 2) * s
         d.text((cx + dx, cy + dy), GLYPHS[y], fill=255, font=fonts[size], stroke_width=stroke, stroke_fill=255)
         canvas = canvas.rotate(float(rng.uniform(-10, 10)), resample=Image.BILINEAR)
