@@ -54,6 +54,8 @@ __all__ = [
     "prepare_dataset",
     "PreparedData",
     "stratified_carve",
+    "USER_SOURCES",
+    "dataset_title",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,15 @@ FORMAT_VERSION = 1
 CHUNK_ROWS = 4096  # images per streamed chunk: ~50 MB at 64x64x3, small enough for any node
 
 DatasetName = Literal["digits", "mnist", "cifar10", "cifar100", "imagenet32", "imagenet64", "npz", "imagefolder"]
+
+USER_SOURCES: tuple[str, ...] = ("npz", "imagefolder")  # formats, not data sets: the run names the data
+
+
+def dataset_title(name: str, run: str | None) -> str:
+    """How tables and figures name the data: the source for a known data set (``cifar10``), the run's
+    name for a user's own data (``npz`` and ``imagefolder`` are file formats; two user data sets would
+    otherwise both be titled ``npz``)."""
+    return str(run) if name in USER_SOURCES and run else name
 
 
 class DataError(ValueError):
@@ -363,12 +374,12 @@ def _source_imagenet_batches(cfg: DataConfig, root: Path, size: int) -> _Source:
 
 
 def _folder_reader(
-    paths: list[str], cfg: DataConfig, size: tuple[int, int], num_workers: int
+    paths: list[str], cfg: DataConfig, size: tuple[int, int], num_workers: int, channels: int
 ) -> Callable[[np.ndarray], Iterator[np.ndarray]]:
     """Decode images (threads: PIL releases the GIL while decoding), convert and size them."""
     from PIL import Image
 
-    mode = "L" if cfg.channels == 1 else "RGB"
+    mode = "L" if channels == 1 else "RGB"
     h, w = size
 
     def open_8bit(path: str) -> Any:
@@ -411,6 +422,20 @@ def _folder_reader(
     return read
 
 
+_GREY_MODES = ("1", "L", "LA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _is_grey_file(path: str) -> bool:
+    """Whether the image file at ``path`` is greyscale by its mode (PIL reads only the header)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.mode in _GREY_MODES
+    except OSError as exc:
+        raise DataError(f"{path}: cannot decode image ({exc})") from None
+
+
 def _source_imagefolder(cfg: DataConfig, root: Path, num_workers: int, *, imagenet: bool = False) -> _Source:
     from PIL import Image
     from torchvision import datasets
@@ -442,7 +467,17 @@ def _source_imagefolder(cfg: DataConfig, root: Path, num_workers: int, *, imagen
     else:
         with Image.open(train.samples[0][0]) as im:
             size = (im.size[1], im.size[0])
-    channels = 1 if cfg.channels == 1 else 3
+    if cfg.channels is not None:
+        channels = cfg.channels
+    elif imagenet:
+        channels = 3
+    else:
+        # null keeps the source's channels: grey files stay one channel (decoding them as RGB would triple
+        # the flow's dimension with copies).  The first file of every class decides (headers only).
+        first = {}
+        for p, y in train.samples:
+            first.setdefault(y, p)
+        channels = 1 if all(_is_grey_file(p) for p in first.values()) else 3
     parts: dict[str, _Part] = {}
     for split, ds in parts_ds.items():
         unknown = sorted(set(ds.classes) - set(classes))
@@ -451,7 +486,7 @@ def _source_imagefolder(cfg: DataConfig, root: Path, num_workers: int, *, imagen
                             f"do not occur in {train_dir}; every class needs training images")
         remap = np.asarray([classes.index(c) for c in ds.classes], dtype=np.int64)
         labels = remap[np.asarray(ds.targets, dtype=np.int64)] if len(ds.targets) else np.zeros(0, np.int64)
-        parts[split] = _Part(labels, _folder_reader([p for p, _ in ds.samples], cfg, size, num_workers),
+        parts[split] = _Part(labels, _folder_reader([p for p, _ in ds.samples], cfg, size, num_workers, channels),
                              str(Path(ds.root)))
     return _Source(
         description=f"torchvision ImageFolder ({root})",
@@ -459,6 +494,7 @@ def _source_imagefolder(cfg: DataConfig, root: Path, num_workers: int, *, imagen
         image_shape=(channels, *size),
         parts=parts,
         notes=[f"images decoded as {'L' if channels == 1 else 'RGB'}"
+               + (" (the first file of every class is greyscale)" if cfg.channels is None and channels == 1 else "")
                + (f", resized to {size[0]}x{size[1]} while loading" if cfg.image_size is not None else "")],
     )
 

@@ -448,3 +448,36 @@ def test_npz_bytes_class_names_are_decoded(tmp_path: Path) -> None:
 
 def test_digits_record_their_bit_depth(digits: PreparedData) -> None:
     assert digits.n_bits == 4 and digits.meta["n_bits"] == 4
+
+
+def test_dataset_title_names_user_data_by_the_run() -> None:
+    from nfpi.data import USER_SOURCES, dataset_title
+
+    for src in USER_SOURCES:
+        assert dataset_title(src, "glyphs16") == "glyphs16"
+        assert dataset_title(src, None) == src
+    assert dataset_title("cifar10", "my_run") == "cifar10"  # a known data set keeps its own name
+
+
+def test_imagefolder_of_grey_files_stays_one_channel(tmp_path: Path) -> None:
+    """channels: null keeps the source's channels: grey PNGs are not tripled into RGB copies."""
+    from PIL import Image
+
+    rng = np.random.default_rng(9)
+    grey = {}
+    for c in ("a", "b"):
+        (tmp_path / "src" / "train" / c).mkdir(parents=True)
+        for i in range(4):
+            grey[c, i] = rng.integers(0, 256, (6, 6), dtype=np.uint8)
+            Image.fromarray(grey[c, i]).save(tmp_path / "src" / "train" / c / f"{i}.png")
+    cfg = DataConfig(name="imagefolder", root=str(tmp_path / "src"), val_fraction=0.0, test_fraction=0.25)
+    meta = prepare_dataset(cfg, tmp_path / "out")
+    assert meta["image_shape"] == [1, 6, 6] and any("decoded as L" in n for n in meta["notes"])
+    d = PreparedData(tmp_path / "out")
+    got = sorted(x.tobytes() for s in ("train", "test") for x in d.images(s)[:, 0])
+    assert got == sorted(g.tobytes() for g in grey.values())  # exact pixels, no conversion
+    meta3 = prepare_dataset(DataConfig(**{**cfg.__dict__, "channels": 3}), tmp_path / "out3")
+    assert meta3["image_shape"] == [3, 6, 6]
+    # one colour class makes the folder RGB
+    Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).save(tmp_path / "src" / "train" / "a" / "0.png")
+    assert prepare_dataset(cfg, tmp_path / "out_rgb")["image_shape"] == [3, 6, 6]

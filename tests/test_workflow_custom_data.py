@@ -168,6 +168,9 @@ def test_imagefolder_source_runs_end_to_end(folder_run: Path) -> None:
     assert meta["class_names"] == ["blob", "stripes_h", "stripes_v"]  # torchvision's sorted folder names
     assert meta["source_image_shape"] == [1, 6, 6] and meta["image_shape"] == [1, 8, 8]
     assert "images decoded as L" in meta["notes"]
+    # a user's data is titled by the run's name, not by its file format
+    assert "### Table 1: NF-Acc of the baselines and NFPI (custom_folder, after fine-tuning)" in (
+        folder_run / "tables" / "table1.md").read_text()
     assert any("resized 6x6 -> 8x8" in n for n in meta["notes"]), meta["notes"]
     assert meta["counts"] == {"train": 63, "val": 9, "test": 3 * TEST_PER_CLASS}
     assert meta["class_counts"]["test"] == [TEST_PER_CLASS] * 3

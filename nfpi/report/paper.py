@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from nfpi.data import dataset_title
 from nfpi.experiments import (GD_POLICIES, ablation_rows, aug_variants, lambda_setting_name, lineage_hash,
                               settings_from_config, table_settings)
 from nfpi.report.tables import Cell, Table, cell_from, load_metrics, lookup
@@ -24,6 +25,12 @@ from nfpi.share import SharedRows
 __all__ = ["paper_tables", "table1", "table2", "table3", "table4", "headline", "summary_page", "not_run"]
 
 PCT = 100.0
+
+
+
+def _title(cfg: Mapping[str, Any]) -> str:
+    """The data's name in titles: the source (cifar10), or the run's name for a user's npz / ImageFolder."""
+    return dataset_title(str(cfg["data"]["name"]), cfg.get("run"))
 
 
 def _status_note(m: Mapping[str, Any]) -> str:
@@ -76,7 +83,7 @@ def table1(cfg: Mapping[str, Any], r: Path, names: list[str], stamp: dict[str, s
     columns = ["Model", "NF-Acc test (%)", "NF-Acc val (%)", "bits/dim test", "Gaussian solver"]
     if cnn:
         columns.insert(2, "CNN-Acc test (%)")
-    return Table("table1", f"Table 1: NF-Acc of the baselines and NFPI ({cfg['data']['name']}, after fine-tuning)",
+    return Table("table1", f"Table 1: NF-Acc of the baselines and NFPI ({_title(cfg)}, after fine-tuning)",
                  columns, rows,
                  ["Every setting's Gaussians are solved on the same pretrained flow's training latents, then the "
                   "flow is fine-tuned on them (fixed; the joint Baseline 2 rows train them with the flow) and "
@@ -101,7 +108,7 @@ def table2(cfg: Mapping[str, Any], r: Path, stamp: dict[str, str], sh: SharedRow
     rows = [[Cell(f"{lam:g}" + (" (best val)" if lam == best else "")), cell_from(m, f, "test.nf_acc", scale=PCT),
              cell_from(mc, fc, "test.top1", scale=PCT), cell_from(m, f, "val.nf_acc", scale=PCT), Cell(_status_note(m))]
             for lam, f, m, fc, mc in metrics]
-    return Table("table2", f"Table 2: NF-Acc and CNN-Acc for increasing lambda ({cfg['data']['name']})",
+    return Table("table2", f"Table 2: NF-Acc and CNN-Acc for increasing lambda ({_title(cfg)})",
                  ["lambda", "NF-Acc test (%)", "CNN-Acc test (%)", "NF-Acc val (%)", "FPI"], rows,
                  ["CNN-Acc: a ResNet18 trained only on images sampled from the fine-tuned flow "
                   f"({cfg['sample']['per_class']} per class, T = {cfg['sample']['temperature']}), tested on the real "
@@ -123,7 +130,7 @@ def table3(cfg: Mapping[str, Any], r: Path, stamp: dict[str, str], sh: SharedRow
         f, m = _load(cfg, r, sh, "metrics", s)
         fc, mc = _load(cfg, r, sh, "cnn", s)
         rows.append([Cell(label), cell_from(m, f, "test.nf_acc", scale=PCT), cell_from(mc, fc, "test.top1", scale=PCT)])
-    return Table("table3", f"Table 3: ablation of the KLD components ({cfg['data']['name']})",
+    return Table("table3", f"Table 3: ablation of the KLD components ({_title(cfg)})",
                  ["Setting", "NF-Acc test (%)", "CNN-Acc test (%)"], rows,
                  [f"lambda = {_ablation_lam(cfg)} for rows #2-#4. All rows initialise from the class data statistics except "
                   "#2 (identity covariance, kept fixed)."] + sh.note([s for _, s in ablation_rows(cfg)]),
@@ -140,7 +147,7 @@ def table4(cfg: Mapping[str, Any], r: Path, stamp: dict[str, str], sh: SharedRow
             rows.append([Cell(row["method"]), Cell(row["cifar10"] or None, note="not reported"),
                          Cell(row["cifar100"] or None, note="not reported"), Cell(row["model"]), Cell(row["goa"]),
                          Cell(f"published: {row['citation']}")])
-    ds = cfg["data"]["name"]
+    ds = cfg["data"]["name"]  # which published column a measured row may fill; messages name the data by _title
     gd = "gdjoint_" if cfg["experiments"].get("gd_joint", False) else "gd_"  # the paper's reading when it ran
     for s, label, goa in (("nfpi", "NF^pi (this implementation)", "FPI"),
                           (gd + cfg["experiments"].get("gd_policies", ["linear"])[0], "NF^GD (this implementation)",
@@ -150,7 +157,7 @@ def table4(cfg: Mapping[str, Any], r: Path, stamp: dict[str, str], sh: SharedRow
         f, m = _load(cfg, r, sh, "metrics", s)
         label = sh.label(s, label, labels)
         acc = cell_from(m, f, "test.nf_acc", scale=PCT)
-        c10 = acc if ds == "cifar10" else Cell(None, note=f"measured on {ds}: {acc.text()}")
+        c10 = acc if ds == "cifar10" else Cell(None, note=f"measured on {_title(cfg)}: {acc.text()}")
         c100 = acc if ds == "cifar100" else Cell(None, note="-")
         rows.append([Cell(label), c10, c100, Cell("NF"), Cell(goa), Cell(f"measured: {f}")])
     return Table("table4", "Table 4: comparison with related work (accuracy, %)",
@@ -184,7 +191,7 @@ def _aug_table(cfg: Mapping[str, Any], r: Path, which: str, stamp: dict[str, str
     if which == "eva02" and scratch:
         notes.append("The paper's Table 6 fine-tunes an ImageNet-21k-pretrained EVA02 on ImageNet; without a local "
                      "weights file this row set is a small EVA02-style model trained from scratch, not that setting.")
-    return Table(f"table{num}", f"Table {num}: NF augmentation for {arch} ({cfg['data']['name']})",
+    return Table(f"table{num}", f"Table {num}: NF augmentation for {arch} ({_title(cfg)})",
                  ["Training set", "Params (M)", "Top-1 test (%)", "Top-5 test (%)", "Train images"], rows, notes, stamp)
 
 
@@ -245,11 +252,11 @@ def summary_page(cfg: Mapping[str, Any], head: list[tuple[str, Cell]], stamp: Ma
 
     body = "<h3>Headline numbers</h3>\n" + html_table(["Quantity", "Value", "Source"],
                                                        [[q, c.text(), c.source or "-"] for q, c in head])
-    run = [["run", str(cfg.get("run"))], ["dataset", str(cfg["data"]["name"])],
+    run = [["run", str(cfg.get("run"))], ["dataset", _title(cfg)], ["source", str(cfg["data"]["name"])],
            ["config hash", stamp["config hash"]], ["git revision", stamp["git"]], ["nfpi", stamp["nfpi"]]]
     body += "<h3>Run</h3>\n" + html_table(["", ""], run)
     body += "<h3>Tables</h3>\n<ul>" + "".join(f"<li>{html.escape(t.title)}</li>" for t in tables) + "</ul>\n"
-    return html_page(f"Results summary: {cfg.get('run')} ({cfg['data']['name']})", body)
+    return html_page(f"Results summary: {cfg.get('run')} ({_title(cfg)})", body)
 
 
 def paper_tables(cfg: Mapping[str, Any], r: Path, stamp: dict[str, str],

@@ -29,11 +29,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gaussians", nargs="+", required=True, help="label=path pairs, in panel order")
     p.add_argument("--data-dir", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--run", default=None, help="the run's name: the title of a user's npz / ImageFolder data")
     args = p.parse_args(argv)
     start_stage(args, "tsne")
     cfg: FiguresConfig = parse_slices(args.config, figures=FiguresConfig)["figures"]
 
-    from nfpi.data import PreparedData
+    from nfpi.data import PreparedData, dataset_title
     from nfpi.density import load_gaussians
     from nfpi.report.figures import tsne_embed, tsne_panels
     from nfpi.latents import open_latents
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("t-SNE of %d points for %s", len(pts), title)
         embedded.append((title, tsne_embed(pts, seed=cfg.seed, perplexity=cfg.perplexity, desc=f"t-SNE {title}"), lab))
     tsne_panels(embedded, args.out, class_names=data.class_names,
-                title=f"Fig. 1: t-SNE of the latent space ({data.meta.get('name', '')})")
+                title=f"Fig. 1: t-SNE of the latent space ({dataset_title(data.meta.get('name', ''), args.run)})")
     atomic_write_json(str(args.out).removesuffix(".png") + ".json",
                       {"panels": [t for t, _, _ in panels], "config": cfg, "provenance": provenance(args.config_hash)})
 

@@ -19,7 +19,8 @@ rule tsne:
     params:
         launch=launch("tsne"),
         cfg=lambda wc: slices(figures=config["figures"]),
+        run=RUN,  # titles a user's npz / ImageFolder data by the run's name
         pairs=lambda wc: " ".join(shlex.quote(f"{k}={v}") for k, v in _fig1_gaussians(wc).items()),
     shell:
         "{params.launch} --config {params.cfg:q} --threads {threads} --latents {input.latents}"
-        " --gaussians {params.pairs} --data-dir $(dirname {input.meta}) --out {output} > {log} 2>&1"
+        " --gaussians {params.pairs} --data-dir $(dirname {input.meta}) --run {params.run:q} --out {output} > {log} 2>&1"
