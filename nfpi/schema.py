@@ -343,7 +343,7 @@ def build_schema() -> dict[str, Any]:
         "run": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]+$",
                 "description": "run name: every output goes under results/<run>/"},
         "seed": {"type": "integer", "default": 0, "minimum": 0,
-                 "description": "replicate seed: added to every stage's own seed (pretrain, finetune, sample, cnn, "
+                 "description": "replicate seed: every stage's own seed is derived from it and the section's seed (pretrain, finetune, sample, cnn, "
                                 "swin, eva02, augment, extract, ...); the data split (data.split_seed) stays. "
                                 "`make seeds` runs replicates and tabulates their spread"},
         "container": {"type": "string", "minLength": 1, "default": "nfpi.sif",

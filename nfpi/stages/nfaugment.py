@@ -19,6 +19,7 @@ import torch
 from nfpi.cli import parse_slices, provenance, stage_parser, start_stage
 from nfpi.augment import AugmentConfig
 from nfpi.io import atomic_path, atomic_write_json
+from nfpi.seeds import stream_seed
 
 log = logging.getLogger("nfpi.stages.nfaugment")
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.figure:
         # Fig. 2: a few originals (different classes) beside several augmented variants of each.
         pick = torch.stack([torch.nonzero(labels == c)[0, 0] for c in range(min(cfg.figure_rows, data.num_classes))])
-        g2 = torch.Generator().manual_seed(cfg.seed + 1)
+        g2 = torch.Generator().manual_seed(stream_seed(cfg.seed, "augment.figure"))
         variants = []
         for _ in range(cfg.figure_variants):
             # Pair the chosen originals with random same-class partners from the whole training set.
