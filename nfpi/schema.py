@@ -338,7 +338,7 @@ def build_schema() -> dict[str, Any]:
                 "properties": {k: {"type": "integer", "minimum": 1, "description": d} for k, d in (
                     ("cpu", "jobs without a GPU (prepare, solve, tabulate, figures, flowfactor)"),
                     ("train", "training jobs (pretrain, finetune, swin, eva02)"),
-                    ("infer", "inference jobs (extract, evaluate, sample, cnn, nfaugment, latent_ot)"))}}
+                    ("infer", "inference jobs (extract, evaluate, sample, cnn, augment, latent_ot)"))}}
     props: dict[str, Any] = {
         "run": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]+$",
                 "description": "run name: every output goes under results/<run>/"},

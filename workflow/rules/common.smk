@@ -92,7 +92,11 @@ def slices(**sections):
     offset = int(config.get("seed", 0))
     if offset:
         sections = {
-            k: {**v, "seed": replicate_seed(int(v.get("seed", 0)), offset)} if k in SEEDED and isinstance(v, dict) else v
+            k: (
+                {**v, "seed": replicate_seed(int(v.get("seed", 0)), offset)}
+                if k in SEEDED and isinstance(v, dict)
+                else v
+            )
             for k, v in sections.items()
         }
     return json.dumps(sections, sort_keys=True)
