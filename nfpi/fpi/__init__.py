@@ -20,8 +20,9 @@ use, so ``from nfpi.fpi import FPIConfig`` does not import torch::
 
     >>> import torch
     >>> from nfpi.fpi import FPIConfig, solve_fpi
-    >>> z, y = torch.randn(200, 4, dtype=torch.float64), torch.arange(200) % 4
-    >>> res = solve_fpi(z, y, num_classes=4, lam=1.0)
+    >>> y = torch.arange(200) % 4
+    >>> z = torch.randn(200, 4, dtype=torch.float64) + 3.0 * y[:, None]   # four separated classes
+    >>> res = solve_fpi(z, y, num_classes=4, lam=10.0)
     >>> res.means.shape, res.converged
     (torch.Size([4, 4]), True)
 """

@@ -6,10 +6,11 @@ this departs from the printed equations); :func:`solve_fpi` does the same from l
 
     >>> import torch
     >>> from nfpi.fpi import FPIConfig, solve_fpi, solve_fpi_from_stats
-    >>> z, y = torch.randn(300, 4, dtype=torch.float64), torch.arange(300) % 3
+    >>> y = torch.arange(300) % 3
+    >>> z = torch.randn(300, 4, dtype=torch.float64) + 3.0 * y[:, None]   # three separated classes
     >>> solve_fpi(z, y, 3, lam=10.0).status
     'converged'
-    >>> cfg = FPIConfig(lam=10.0, pi="pair")          # the options of a config, one overridden by keyword
+    >>> cfg = FPIConfig(lam=2.0, pi="pair")          # the options of a config, one overridden by keyword
     >>> solve_fpi(z, y, 3, config=cfg, tol=1e-8).settings["tol"]
     1e-08
 """
@@ -18,11 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from nfpi.fpi.config import FPIConfig, InitKind, LearnKind, PiKind
+from nfpi.fpi.config import FPIConfig, InitKind
 from nfpi.fpi.objectives import pi_normaliser
 from nfpi.fpi.result import FPIDivergenceError, FPIResult
 from nfpi.fpi.statistics import DTYPE, ClassStats
@@ -39,13 +40,7 @@ def _fpi_eval(
     means: torch.Tensor,
     variances: torch.Tensor,
     stats: ClassStats,
-    *,
-    lam: float,
-    alpha: float,
-    pi: PiKind,
-    learn: LearnKind,
-    split: str,
-    pi_floor: float,
+    cfg: FPIConfig,
 ) -> _Eval:
     """The map of Prop. 1 at ``(means, variances)``; three [K, K] x [K, 2d] products, in-place elementwise.
 
@@ -53,6 +48,7 @@ def _fpi_eval(
     matrix products, dominates the time of an iteration.
     """
     k, d = means.shape
+    lam, alpha, pi, learn, split, pi_floor = float(cfg.lam), cfg.alpha, cfg.pi, cfg.learn, cfg.split, cfg.pi_floor
     m = stats.mean
     s = (m - means).square_().add_(stats.var)  # S_y = q - 2 mu m + mu^2 about the previous mean, no cancellation
     inv = variances.reciprocal()
@@ -98,16 +94,7 @@ def _fpi_eval(
 
 
 def fpi_step(
-    means: torch.Tensor,
-    variances: torch.Tensor,
-    stats: ClassStats,
-    *,
-    lam: float,
-    alpha: float = 1.0,
-    pi: PiKind = "mean",
-    learn: LearnKind = "both",
-    split: Literal["positive", "paper"] = "positive",
-    pi_floor: float = 1e-12,
+    means: torch.Tensor, variances: torch.Tensor, stats: ClassStats, config: FPIConfig | None = None, **options: Any
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """One plain update of Prop. 1 (Eq. 5 with the factor ``v_y``, Eq. 6 diagonal): ``(mu', v', L)``.
 
@@ -115,9 +102,10 @@ def fpi_step(
     matrix products ``W @ [1/v, mu/v]`` and ``W^T @ [mu, mu^2 + v]``.  ``split="paper"`` uses
     ``A, B`` exactly as printed in the spec; ``"positive"`` moves the ``-c sum W_y'y / v`` term of
     ``A`` to ``B`` (same fixed point, ``A, B > 0`` always; docs/method.md).  ``v'`` is NaN where
-    the paper split gives ``A <= 0``.
+    the paper split gives ``A <= 0``.  The options (``lam``, ``alpha``, ``pi``, ``learn``, ``split``,
+    ``pi_floor``) are ``config``'s with keyword overrides, as for :func:`solve_fpi_from_stats`.
     """
-    ev = _fpi_eval(means, variances, stats, lam=lam, alpha=alpha, pi=pi, learn=learn, split=split, pi_floor=pi_floor)
+    ev = _fpi_eval(means, variances, stats, dataclasses.replace(config or FPIConfig(), **options))
     return ev.means, ev.variances, ev.objective()
 
 
@@ -191,8 +179,7 @@ def solve_fpi_from_stats(
     v0 = v0.clamp(var_min, var_max)
 
     def evaluate(x: tuple[torch.Tensor, torch.Tensor]) -> _Eval:
-        ev = _fpi_eval(x[0], x[1], stats, lam=lam, alpha=cfg.alpha, pi=cfg.pi, learn=learn, split=cfg.split,
-                       pi_floor=cfg.pi_floor)
+        ev = _fpi_eval(x[0], x[1], stats, cfg)
         if bool(torch.isfinite(ev.variances).all()):
             ev = dataclasses.replace(ev, variances=ev.variances.clamp(var_min, var_max))
         return ev

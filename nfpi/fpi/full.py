@@ -5,7 +5,8 @@ pair sums are products of the ``[K, K]`` kernel with flattened ``[K, d*d]`` matr
 
     >>> import torch
     >>> from nfpi.fpi import ClassStats, solve_fpi_full
-    >>> z, y = torch.randn(300, 3, dtype=torch.float64), torch.arange(300) % 3
+    >>> y = torch.arange(300) % 3
+    >>> z = torch.randn(300, 3, dtype=torch.float64) + 3.0 * y[:, None]   # three separated classes
     >>> stats = ClassStats.from_latents(z, y, 3, full=True)
     >>> solve_fpi_full(stats, lam=10.0).variances.shape
     torch.Size([3, 3, 3])
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 
-from nfpi.fpi.config import FPIConfig, LearnKind, PiKind
+from nfpi.fpi.config import FPIConfig, PiKind
 from nfpi.fpi.diagonal import _SETTINGS
 from nfpi.fpi.objectives import _offdiag, pi_normaliser
 from nfpi.fpi.result import FPIResult
@@ -84,19 +85,14 @@ def _fpi_eval_full(
     mu: torch.Tensor,
     cov: torch.Tensor,
     stats: ClassStats,
-    *,
-    lam: float,
-    alpha: float,
-    pi: PiKind,
-    learn: LearnKind,
-    split: str,
-    pi_floor: float,
+    cfg: FPIConfig,
 ) -> _Eval:
     """Full-covariance map: Eq. 5 and ``Sigma <- A^{-1/2} (A^{1/2} B A^{1/2})^{1/2} A^{-1/2}`` (Eqs. 6-7).
 
     Pair sums are products of the [K, K] kernel with flattened [K, d*d] matrices.
     """
     k, d = mu.shape
+    lam, alpha, pi, learn, split, pi_floor = float(cfg.lam), cfg.alpha, cfg.pi, cfg.learn, cfg.split, cfg.pi_floor
     dm = stats.mean - mu
     s = stats.cov + dm[:, :, None] * dm[:, None, :]
     prec = _sym(torch.linalg.inv(cov))
@@ -190,13 +186,12 @@ def solve_fpi_full(
     _check_common(cfg)
     if stats.second is None:
         raise ValueError("solve_fpi_full needs full second moments: ClassStats.from_latents(..., full=True)")
-    lam, var_min, var_max, learn = float(cfg.lam), cfg.var_min, cfg.var_max, cfg.learn
+    var_min, var_max, learn = cfg.var_min, cfg.var_max, cfg.learn
     settings = {"solver": "fpi_full", "lam": cfg.lam, **{k: getattr(cfg, k) for k in _SETTINGS}}
     mu0, cov0 = _init_full(stats, cfg, init_means, init_covariances)
 
     def evaluate(x: tuple[torch.Tensor, torch.Tensor]) -> _Eval:
-        ev = _fpi_eval_full(x[0], x[1], stats, lam=lam, alpha=cfg.alpha, pi=cfg.pi, learn=learn, split=cfg.split,
-                            pi_floor=cfg.pi_floor)
+        ev = _fpi_eval_full(x[0], x[1], stats, cfg)
         if bool(torch.isfinite(ev.variances).all()):
             ev = dataclasses.replace(ev, variances=_clip_eig(ev.variances, var_min, var_max))
         return ev

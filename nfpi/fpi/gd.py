@@ -8,7 +8,8 @@ reading (the Gaussians trained with the flow) is :mod:`nfpi.joint_gd`.
     >>> from nfpi.fpi import ClassStats, lr_at, solve_gd
     >>> lr_at(50, 100, 1.0, "superlinear_v1")
     0.25
-    >>> stats = ClassStats.from_latents(torch.randn(90, 2, dtype=torch.float64), torch.arange(90) % 3, 3)
+    >>> y = torch.arange(90) % 3
+    >>> stats = ClassStats.from_latents(torch.randn(90, 2, dtype=torch.float64) + 3.0 * y[:, None], y, 3)
     >>> solve_gd(stats, lam=5.0, steps=20, policy="sublinear_v2").iterations
     20
 """

@@ -55,7 +55,7 @@ def _merge_curves(parts: list[tuple[int, Path]], out: Path) -> None:
                         fh.write(json.dumps({**row, "round": r}) + "\n")
 
 
-# Long (125 lines): the rounds of Eq. 4's block coordinate descent (re-solve, train) with per-round resume and
+# Long (132 lines): the rounds of Eq. 4's block coordinate descent (re-solve, train) with per-round resume and
 # the merged curve; each step is one library call (nfpi.fpi, nfpi.lampath, nfpi.training).
 def main(argv: list[str] | None = None) -> None:
     p = stage_parser(__doc__ or "")
