@@ -314,7 +314,7 @@ def stages(cfg: dict[str, Any], jobs: dict[str, int], flops: dict[str, dict[str,
     per_class = int(cfg["sample"]["per_class"])
     out.append(Stage("sample", jobs.get("sample", 0), per_class * n["classes"], 1, f["inverse"], "flow inverse"))
     copies = int(cfg.get("augment", {}).get("copies", 1))
-    out.append(Stage("nfaugment", jobs.get("nfaugment", 0), n["train"] * copies, 1, f["inverse"], "flow inverse"))
+    out.append(Stage("augment", jobs.get("augment", 0), n["train"] * copies, 1, f["inverse"], "flow inverse"))
     c = flops["cnn"]
     out.append(Stage("cnn", jobs.get("cnn", 0), per_class * n["classes"], float(cfg["cnn"]["epochs"]), c["train"],
                      "ResNet18 fwd+bwd"))

@@ -425,7 +425,7 @@ def build_batch_mixer(cfg: StandardAugConfig, num_classes: int) -> Any | None:
     )
 
 
-# The ``augment`` config slice (stage ``nfaugment``).
+# The ``augment`` config slice (stage ``augment``).
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from nfpi.config import ConfigError, from_mapping
 from nfpi.io import append_jsonl
 from nfpi.progress import progress
 from nfpi.runtime import autocast, seed_everything, select_device
+from nfpi.seeds import stream_seed
 
 __all__ = [
     "ClassifierConfig",
@@ -574,8 +575,8 @@ def train_classifier(
         ddp.broadcast_module(model)  # identical start on every rank (timm inits draw from the global RNG)
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
         # Per-sample augmentations and mixup draw from the global RNGs: a different stream per rank.
-        torch.manual_seed(cfg.seed + 1000 * rank)
-        np.random.seed(cfg.seed + 1000 * rank)
+        torch.manual_seed(stream_seed(cfg.seed, "classifier.rank", rank))
+        np.random.seed(stream_seed(cfg.seed, "classifier.rank", rank))
     opt = _make_optimizer(cfg, model)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs

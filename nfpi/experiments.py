@@ -23,18 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from nfpi.config import config_hash
+from nfpi.fpi.config import LR_POLICIES
 
 __all__ = ["Setting", "settings_from_config", "lineage", "lineage_hash", "table_settings", "ablation_rows",
            "aug_variants", "GD_POLICIES", "ABLATION"]
 
-GD_POLICIES: tuple[str, ...] = ("sublinear_v1", "sublinear_v2", "linear", "superlinear_v1", "superlinear_v2")
-GD_LABELS: dict[str, str] = {
-    "sublinear_v1": "Sublinear v1",
-    "sublinear_v2": "Sublinear v2",
-    "linear": "Linear",
-    "superlinear_v1": "Superlinear v1",
-    "superlinear_v2": "Superlinear v2",
-}
+GD_POLICIES: tuple[str, ...] = tuple(LR_POLICIES)  # the five names, defined once (nfpi.fpi.config)
+GD_LABELS: dict[str, str] = {p: p.replace("_", " ").capitalize() for p in GD_POLICIES}  # "Sublinear v1", ...
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ stays where it was (``nfpi.training.training_inputs``, after dequantisation): th
 distribution with the rest (mirroring a rotation by ``a`` gives one by ``-a``, a shift by ``d`` one by
 ``-d``, and both ranges are symmetric), so the order does not change what the flow sees.
 
-It is *not* :mod:`nfpi.augment` (the classifiers' standard augmentations) nor :mod:`nfpi.stages.nfaugment`
+It is *not* :mod:`nfpi.augment` (the classifiers' standard augmentations) nor :mod:`nfpi.stages.augment`
 (augmentation *by* the flow, Tables 5-6).
 
 Determinism: the random parameters of a whole global batch are drawn at once from one generator

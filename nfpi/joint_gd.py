@@ -42,7 +42,7 @@ from torch import Tensor
 
 from nfpi import distributed as ddp
 from nfpi.config import ConfigError, from_mapping
-from nfpi.fpi import LR_POLICIES, ClassStats, FPIResult, lr_at, pairwise_kl, pi_normaliser
+from nfpi.fpi import LR_POLICIES, ClassStats, FPIResult, PolicyName, lr_at, pairwise_kl, pi_normaliser
 
 __all__ = ["JointGDConfig", "JointLoss", "JointGaussianPrior", "joint_objective", "separation", "initial_gaussians",
            "joint_prior"]
@@ -65,7 +65,7 @@ class JointGDConfig:
     pi: Literal["mean", "pair"] = "mean"  #: normaliser of the KLD kernel (Eq. 9 / 10), lagged (detached)
     learn: Literal["both", "mean", "var"] = "both"  #: which Gaussian parameters are trained
     init: Literal["data", "identity"] = "data"  #: start: class data mean and variance, or unit variance
-    policy: Literal["sublinear_v1", "sublinear_v2", "linear", "superlinear_v1", "superlinear_v2"] = "linear"
+    policy: PolicyName = "linear"  #: the learning-rate policy (nfpi.fpi.LR_POLICIES)
     optimizer: Literal["adam", "sgd"] = "adam"  #: the Gaussians' optimiser (the reference code: Adam)
     lr: float = 1e-2  #: lr0 of the policy
     gd_vmin: float | None = None  #: sigmoid lower bound; None = 1e-2 x the smallest initial variance

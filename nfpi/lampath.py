@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from nfpi.fpi import _SOLVER_KEYS, DTYPE, ClassStats, FPIConfig, FPIResult, LambdaPathConfig, pairwise_kl, solve_fpi_from_stats
+from nfpi.fpi import DTYPE, ClassStats, FPIConfig, FPIResult, LambdaPathConfig, pairwise_kl, solve_fpi_from_stats
 
 __all__ = ["PathPoint", "LambdaPath", "geometric_grid", "separation", "gaussian_accuracy", "choose", "solve_path",
            "cold_grid", "path_table"]
@@ -154,7 +154,7 @@ def choose(points: Sequence[PathPoint], tie_tol: float = 0.0) -> tuple[int, str]
 
 
 def _options(cfg: FPIConfig) -> dict[str, Any]:
-    return {"alpha": cfg.alpha, "pi": cfg.pi, "learn": cfg.learn, **{k: getattr(cfg, k) for k in _SOLVER_KEYS}}
+    return {"config": cfg}  # the solver's options are the config's (keyword overrides beside it)
 
 
 def _distance(a: FPIResult, b: FPIResult) -> float:

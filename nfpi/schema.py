@@ -325,7 +325,7 @@ def build_schema() -> dict[str, Any]:
     from nfpi.evaluation import EvaluateConfig, ExtractConfig, SampleConfig
     from nfpi.flowfactor import FlowFactorConfig
     from nfpi.flows import FlowConfig
-    from nfpi.fpi import FPIConfig
+    from nfpi.fpi import LR_POLICIES, FPIConfig
     from nfpi.latent_ot import LatentOTConfig
     from nfpi.augment import AugmentConfig
     from nfpi.training import FinetuneConfig, TrainConfig
@@ -333,17 +333,17 @@ def build_schema() -> dict[str, Any]:
 
     gd_keys = ("optimizer", "steps", "lr", "gd_vmin", "gd_vmax")
     fpi_keys = tuple(f.name for f in dataclasses.fields(FPIConfig) if f.name not in gd_keys + ("method", "policy"))
-    policies = ["sublinear_v1", "sublinear_v2", "linear", "superlinear_v1", "superlinear_v2"]
+    policies = list(LR_POLICIES)
     per_kind = {"type": "object", "additionalProperties": False, "required": ["cpu", "train", "infer"],
                 "properties": {k: {"type": "integer", "minimum": 1, "description": d} for k, d in (
                     ("cpu", "jobs without a GPU (prepare, solve, tabulate, figures, flowfactor)"),
                     ("train", "training jobs (pretrain, finetune, swin, eva02)"),
-                    ("infer", "inference jobs (extract, evaluate, sample, cnn, nfaugment, latent_ot)"))}}
+                    ("infer", "inference jobs (extract, evaluate, sample, cnn, augment, latent_ot)"))}}
     props: dict[str, Any] = {
         "run": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]+$",
                 "description": "run name: every output goes under results/<run>/"},
         "seed": {"type": "integer", "default": 0, "minimum": 0,
-                 "description": "replicate seed: added to every stage's own seed (pretrain, finetune, sample, cnn, "
+                 "description": "replicate seed: every stage's own seed is derived from it and the section's seed (pretrain, finetune, sample, cnn, "
                                 "swin, eva02, augment, extract, ...); the data split (data.split_seed) stays. "
                                 "`make seeds` runs replicates and tabulates their spread"},
         "container": {"type": "string", "minLength": 1, "default": "nfpi.sif",

@@ -55,6 +55,7 @@ from nfpi.config import ConfigError, config_hash, from_mapping
 from nfpi.flow_augment import AugmentDraw, FlowAugment, apply_augment
 from nfpi.io import append_jsonl, atomic_path, to_jsonable
 from nfpi.runtime import autocast, progress
+from nfpi.seeds import derive_seed, stream_seed
 
 __all__ = [
     "FinetuneConfig",
@@ -252,11 +253,6 @@ class StartWeights:
 # Pure helpers (deterministic data order, noise, lr schedule)
 
 
-def _derive_seed(*ints: int) -> int:
-    """A well-mixed 63-bit seed from integers (NumPy's SeedSequence), so nearby steps are independent."""
-    return int(np.random.SeedSequence([int(i) & 0xFFFFFFFF for i in ints]).generate_state(2, np.uint64)[0] >> 1)
-
-
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Learning rate of optimiser step ``step`` (0-based): linear warmup over ``warmup_steps``, then constant."""
     if cfg.warmup_steps <= 0:
@@ -280,7 +276,7 @@ class _EpochOrder:
 
     def permutation(self, epoch: int) -> torch.Tensor:
         if epoch != self._epoch:
-            g = torch.Generator().manual_seed(_derive_seed(self.seed, _STREAM_PERM, epoch))
+            g = torch.Generator().manual_seed(derive_seed(self.seed, _STREAM_PERM, epoch))
             self._perm, self._epoch = torch.randperm(self.n, generator=g), epoch
         return self._perm
 
@@ -302,7 +298,7 @@ def batch_noise(
     Drawn from a generator seeded by ``(seed, step)``; a rank slices its shard out, so the noise of an
     image depends on its position in the global batch, never on the number of processes.
     """
-    g = torch.Generator().manual_seed(_derive_seed(seed, stream, step))
+    g = torch.Generator().manual_seed(derive_seed(seed, stream, step))
     flips = torch.rand(batch_size, generator=g) < 0.5
     noise = torch.rand((batch_size, *image_shape), generator=g)
     return noise, flips
@@ -317,7 +313,7 @@ def batch_augment(cfg: TrainConfig, step: int, batch_size: int, shard: slice = s
     """
     if not cfg.augment.active:
         return None
-    g = torch.Generator().manual_seed(_derive_seed(cfg.seed, stream, step))
+    g = torch.Generator().manual_seed(derive_seed(cfg.seed, stream, step))
     return cfg.augment.draw(batch_size, g)[shard]
 
 
@@ -941,7 +937,8 @@ class FinetuneConfig(TrainConfig):
     def loop_config(self, round_index: int, steps: int, n_bits: int) -> TrainConfig:
         """The training loop's options for one round: its share of the steps, its own seed stream."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
-        return TrainConfig(**{**fields, "steps": steps, "seed": self.seed + round_index, "n_bits": n_bits})
+        seed = stream_seed(self.seed, "finetune.round", round_index)
+        return TrainConfig(**{**fields, "steps": steps, "seed": seed, "n_bits": n_bits})
 
 
 

@@ -22,6 +22,7 @@ from nfpi.evaluation import latent_class_stats
 from nfpi.training import FinetuneConfig, round_steps
 from nfpi.fpi import FPIConfig, solve as fpi_solve
 from nfpi.training import load_trained_flow
+from nfpi.seeds import stream_seed
 from tinyflow import tiny_pretrained, train_latents
 
 torch.set_num_threads(1)
@@ -93,7 +94,7 @@ def test_rounds_resolve_the_gaussians_on_the_current_flow(pipeline: dict[str, Pa
 
 
 def test_resolved_gaussians_are_the_solvers_fixed_point(pipeline: dict[str, Path]) -> None:
-    """Round 1's Gaussians equal a direct solve on round 0's flow latents (same seed stream)."""
+    """Round 1's Gaussians equal a direct solve on round 0's flow latents (same seed stream: nfpi.seeds.stream_seed of round 1)."""
     out = pipeline["root"] / "ft2" / "nfpi.pt"
     out.parent.mkdir()
     _finetune(pipeline, out, {**TRAIN, "steps": 4, "rounds": 2})
@@ -103,7 +104,7 @@ def test_resolved_gaussians_are_the_solvers_fixed_point(pipeline: dict[str, Path
     r0 = load_trained_flow(out0)
     d = PreparedData(pipeline["data"])
     stats = latent_class_stats(r0.flow, d.dataset("train"), d.num_classes, batch_size=512, n_bits=4,
-                               seed=TRAIN.get("seed", 0) + 1)
+                               seed=stream_seed(TRAIN.get("seed", 0), "finetune.round", 1))
     direct = fpi_solve(stats, FPIConfig(**SPEC))
     final = load_trained_flow(out)
     torch.testing.assert_close(final.prior.means, direct.means.float(), rtol=1e-5, atol=1e-5)

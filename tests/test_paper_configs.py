@@ -42,7 +42,7 @@ PAPER = ROOT / ".test" / "config" / "paper"
 CONFIGS = ("mnist", "cifar10", "cifar100", "imagenet32", "imagenet64")
 
 #: Every rule of the pipeline; each paper config enables all of them.
-RULES = {"prepare", "pretrain", "extract", "solve", "finetune", "evaluate", "sample", "cnn", "nfaugment",
+RULES = {"prepare", "pretrain", "extract", "solve", "finetune", "evaluate", "sample", "cnn", "augment",
          "swin", "eva02", "tsne", "curves", "tabulate", "resolved_config", "latent_ot", "flowfactor"}
 
 #: A tiny timm EVA02 (one block at 28 px): the architecture the imagenet overrides name in

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from nfpi.flowfactor.fields import FlowFactorConfig, random_transform_copies
+from nfpi.seeds import stream_seed
 
 __all__ = ["adapt_flow"]
 
@@ -46,7 +47,7 @@ def adapt_flow(flow_path: str | Path, train_x: Tensor, train_y: Tensor, cfg: Flo
     trained = start.trained_flow()
     num_classes = int(train_y.max()) + 1
     prior = trained.prior if trained.prior is not None else ClassGaussianPrior.standard(num_classes, train_x[0].numel())
-    gen = torch.Generator().manual_seed(cfg.seed + 4242)
+    gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "flowfactor.adapt"))
     tx, ty = random_transform_copies(train_x, train_y, cfg, copies=cfg.adapt_copies,
                                         max_amount=cfg.adapt_range * cfg.steps, generator=gen)
     dataset = TensorDataset(torch.cat([train_x, tx]), torch.cat([train_y, ty]).long())

@@ -23,6 +23,7 @@ from nfpi.flowfactor.fields import (
     infer_transformation,
     pixel_augment,
 )
+from nfpi.seeds import stream_seed
 
 __all__ = ["classifier_comparison", "identification", "codec_bits_per_dim", "flow_bpd"]
 
@@ -76,16 +77,16 @@ def classifier_comparison(codec: LatentCodec, bank: PotentialBank, train_x: Tens
     num_classes = int(train_y.max()) + 1
     z_all = codec.encode(images_to_unit(train_x))
     axes = class_principal_axes(z_all, train_y, num_classes, min(cfg.pca_axes, z_all.shape[1]), seed=cfg.seed)
-    g = torch.Generator().manual_seed(cfg.seed + 17)
+    g = torch.Generator().manual_seed(stream_seed(cfg.seed, "flowfactor.test"))
     # a transformed test set: every test image under one random transformation for a random 1..T steps
     tx, ty = pixel_augment(test_x, test_y, cfg, per_image=1, generator=g)
     tests = {"clean": (test_x, test_y), "transformed": (tx, ty)}
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in ("real", "pixel", "flowfactor", "pca_mixup")}
     for r in range(repeats):
-        rng = np.random.default_rng(cfg.seed + r)
+        rng = np.random.default_rng(stream_seed(cfg.seed, "flowfactor.subset", r))
         idx = torch.from_numpy(_stratified_subset(train_y.numpy(), cfg.classifier_train_size, rng))
         x, y = train_x[idx], train_y[idx]
-        gen = torch.Generator().manual_seed(cfg.seed + 1000 + r)
+        gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "flowfactor.augment", r))
         per = cfg.augment_per_image
         aug = {
             "real": (x[:0], y[:0]),
@@ -95,7 +96,8 @@ def classifier_comparison(codec: LatentCodec, bank: PotentialBank, train_x: Tens
                                     generator=gen, device="cpu", latents=z_all[idx]),
         }
         for name, (ax, ay) in aug.items():
-            runs[name].append(_logreg_acc(torch.cat([x, ax]), torch.cat([y, ay]), tests, cfg.seed + r))
+            runs[name].append(_logreg_acc(torch.cat([x, ax]), torch.cat([y, ay]), tests,
+                                          stream_seed(cfg.seed, "flowfactor.classifier", r)))
     out: dict[str, dict[str, float]] = {}
     for name, rs in runs.items():
         out[name] = {}
@@ -133,7 +135,7 @@ def flow_bpd(codec: LatentCodec, images: Tensor, cfg: FlowFactorConfig) -> dict[
     """Bits/dim of held-out images, plain and each under one random transformation for 1..T steps: the mean
     and the median over images (a few out-of-distribution images can dominate the mean)."""
     tx, _ = pixel_augment(images, torch.zeros(len(images), dtype=torch.long), cfg, per_image=1,
-                             generator=torch.Generator().manual_seed(cfg.seed + 99))
+                             generator=torch.Generator().manual_seed(stream_seed(cfg.seed, "flowfactor.bpd")))
     plain, trans = codec_bits_per_dim(codec, images), codec_bits_per_dim(codec, tx)
     return {"plain": float(plain.mean()), "transformed": float(trans.mean()),
             "plain_median": float(plain.median()), "transformed_median": float(trans.median())}

@@ -21,7 +21,7 @@ __all__ = ["STAGES", "run"]
 # Every stage, in DAG order (workflow/rules/<stage>.smk holds its rule; classify has three: cnn, swin, eva02).
 STAGES: tuple[str, ...] = (
     "prepare", "pretrain", "extract", "solve", "lambda_path", "finetune", "evaluate", "sample", "classify",
-    "nfaugment", "share", "tabulate", "resolved_config", "tsne", "curves", "latent_ot", "flowfactor", "spread",
+    "augment", "share", "tabulate", "resolved_config", "tsne", "curves", "latent_ot", "flowfactor", "spread",
 )
 
 

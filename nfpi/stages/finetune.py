@@ -55,7 +55,7 @@ def _merge_curves(parts: list[tuple[int, Path]], out: Path) -> None:
                         fh.write(json.dumps({**row, "round": r}) + "\n")
 
 
-# Long (125 lines): the rounds of Eq. 4's block coordinate descent (re-solve, train) with per-round resume and
+# Long (132 lines): the rounds of Eq. 4's block coordinate descent (re-solve, train) with per-round resume and
 # the merged curve; each step is one library call (nfpi.fpi, nfpi.lampath, nfpi.training).
 def main(argv: list[str] | None = None) -> None:
     p = stage_parser(__doc__ or "")
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     from nfpi.config import from_mapping
     from nfpi.flows import FlowConfig, build_flow
     from nfpi.runtime import seed_everything
+    from nfpi.seeds import stream_seed
     from nfpi.training import StartWeights, train_flow
 
     slices = parse_slices(args.config, train=FinetuneConfig)
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
             # Psi-step of Eq. 4: the setting's solver on the current flow's training latents.
             t0 = time.perf_counter()
             stats = latent_class_stats(trained.flow, train_set, data.num_classes, batch_size=512, n_bits=n_bits,
-                                       seed=cfg.seed + r, full=solver.method == "fpi_full")
+                                       seed=stream_seed(cfg.seed, "finetune.round", r), full=solver.method == "fpi_full")
             path = None
             if solver.lam == "auto" and solver.method == "fpi":
                 # the lambda path again, on the current latents, warm-started from the previous round's choice
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         out_r = out if last else work / f"round{r}.pt"
         curve_r = work / f"round{r}.jsonl"
         curve_r.parent.mkdir(parents=True, exist_ok=True)
-        seed_everything(cfg.seed + r)
+        seed_everything(stream_seed(cfg.seed, "finetune.round", r))
         flow = build_flow(flow_cfg, tuple(data.image_shape))  # weights come from `start` inside train_flow
         record = {"flow": to_jsonable(flow_cfg), "image_shape": list(data.image_shape),
                   "num_classes": data.num_classes, "stage": "finetune", "gaussians": str(args.gaussians),

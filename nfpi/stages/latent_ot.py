@@ -49,6 +49,7 @@ from nfpi.latent_ot import (
     latent_metrics,
     median_bandwidth,
 )
+from nfpi.seeds import stream_seed
 
 log = logging.getLogger("nfpi.stages.latent_ot")
 
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # -- samples of every method, same count per class, classes in blocks
     n = cfg.samples_per_class
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "latent_ot.samples"))
     labels = torch.arange(k).repeat_interleave(n)
     latents: dict[str, Tensor] = {"nfpi": prior_g.sample(labels, cfg.temperature, gen)}
     latents["ot_map"] = prior.sample(n, gen)[0].double()

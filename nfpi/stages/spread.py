@@ -3,8 +3,8 @@
     python -m nfpi spread results/digits results/digits_seed1 results/digits_seed2 \
         --out results/digits/tables/seeds
 
-A replicate run is the same config with another ``seed`` (added to every stage's seed; the data
-split stays), run under its own name: ``make seeds`` runs them with ``config/replicate.yaml``
+A replicate run is the same config with another ``seed`` (every stage's seed is derived from it,
+:func:`nfpi.seeds.replicate_seed`; the data split stays), run under its own name: ``make seeds`` runs them with ``config/replicate.yaml``
 (Table 1 only) and then this tool.  Every run's ``config.resolved.yaml`` must agree with the first
 one's except for ``run``, ``seed`` and ``experiments`` (a replicate of something else is refused,
 naming the differing keys); every cell is traceable to the metrics files it averages.
@@ -101,7 +101,7 @@ def spread_table(runs: list[Path]) -> tuple[Table, dict[str, Any]]:
     table = Table(
         "seeds", f"Table 1 over {len(runs)} seeds ({base['data']['name']}; seeds {', '.join(map(str, seeds))})",
         ["Model", "Metric", "mean (%)", "sd", "min", "max", "per seed"], rows,
-        [f"Runs: {', '.join(str(r) for r in runs)}. A seed is added to every stage's own seed (flow "
+        [f"Runs: {', '.join(str(r) for r in runs)}. Every stage's own seed is derived from the run's seed (flow "
          "initialisation, data order, dequantisation noise, sampling, classifier); the data split is fixed.",
          "sd is the sample standard deviation over seeds."],
         {"runs": ", ".join(str(r) for r in runs)})

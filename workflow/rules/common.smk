@@ -29,6 +29,7 @@ from preflight import check_workflow as slurm_preflight  # noqa: E402
 from nfpi.config import config_hash, from_mapping
 from nfpi.experiments import aug_variants, lineage_hash, settings_from_config, table_settings, tables_slice
 from nfpi.flows import FlowConfig, resolve_preset
+from nfpi.seeds import replicate_seed
 from nfpi.share import share_slice, shareable_settings
 
 RUN = config["run"]
@@ -80,8 +81,9 @@ wildcard_constraints:
     sa="none|sa",
 
 
-# Stage sections with a `seed`: a replicate run (`seed: s`, e.g. `make seeds`) adds s to each of them,
-# so every source of training randomness changes while the data split (data.split_seed) stays.
+# Stage sections with a `seed`: a replicate run (`seed: s`, e.g. `make seeds`) derives each of their seeds
+# from (seed, s) (nfpi.seeds.replicate_seed), so every source of training randomness changes while the data
+# split (data.split_seed) stays.
 SEEDED = ("train", "sample", "classifier", "augment", "extract", "latent_ot", "flowfactor", "figures")
 
 
@@ -90,7 +92,11 @@ def slices(**sections):
     offset = int(config.get("seed", 0))
     if offset:
         sections = {
-            k: {**v, "seed": int(v.get("seed", 0)) + offset} if k in SEEDED and isinstance(v, dict) else v
+            k: (
+                {**v, "seed": replicate_seed(int(v.get("seed", 0)), offset)}
+                if k in SEEDED and isinstance(v, dict)
+                else v
+            )
             for k, v in sections.items()
         }
     return json.dumps(sections, sort_keys=True)

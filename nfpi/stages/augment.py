@@ -1,6 +1,6 @@
-"""Stage ``nfaugment``: NF-augmented training images (Tables 5-6, Fig. 2).
+"""Stage ``augment``: NF-augmented training images (Tables 5-6, Fig. 2).
 
-    python -m nfpi nfaugment --config '{"augment": {...}}' --checkpoint flows/nfpi.pt \
+    python -m nfpi augment --config '{"augment": {...}}' --checkpoint flows/nfpi.pt \
         --latents latents/nfpi/train.parquet --data-dir D --out augment/nf_train.npz --figure figures/fig2.png
 
 For two training images of class y with latents z_a, z_b and U_y the top principal axes of class
@@ -19,8 +19,9 @@ import torch
 from nfpi.cli import parse_slices, provenance, stage_parser, start_stage
 from nfpi.augment import AugmentConfig
 from nfpi.io import atomic_path, atomic_write_json
+from nfpi.seeds import stream_seed
 
-log = logging.getLogger("nfpi.stages.nfaugment")
+log = logging.getLogger("nfpi.stages.augment")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--figure", default=None)
     args = p.parse_args(argv)
-    start_stage(args, "nfaugment")
+    start_stage(args, "augment")
     cfg: AugmentConfig = parse_slices(args.config, augment=AugmentConfig)["augment"]
 
     from nfpi.augment import class_principal_axes, nf_augment
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.figure:
         # Fig. 2: a few originals (different classes) beside several augmented variants of each.
         pick = torch.stack([torch.nonzero(labels == c)[0, 0] for c in range(min(cfg.figure_rows, data.num_classes))])
-        g2 = torch.Generator().manual_seed(cfg.seed + 1)
+        g2 = torch.Generator().manual_seed(stream_seed(cfg.seed, "augment.figure"))
         variants = []
         for _ in range(cfg.figure_variants):
             # Pair the chosen originals with random same-class partners from the whole training set.

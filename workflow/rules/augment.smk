@@ -1,8 +1,8 @@
-# Stage nfaugment (nfpi/stages/nfaugment.py): the NF-augmented training images of Tables 5-6 and
+# Stage augment (nfpi/stages/augment.py): the NF-augmented training images of Tables 5-6 and
 # Fig. 2. Config section `augment`; library nfpi.augment.
 
 
-rule nfaugment:
+rule augment:
     input:
         ckpt=f"{R}/flows/nfpi.pt",
         latents=f"{R}/latents/nfpi/train.{config['extract']['format']}",
@@ -14,14 +14,14 @@ rule nfaugment:
             f"{R}/figures/fig2_augment.png", category="Figures", labels={"figure": "Fig. 2 (NF augmentation)"}
         ),
     log:
-        f"{R}/logs/nfaugment.log",
+        f"{R}/logs/augment.log",
     benchmark:
-        f"{R}/benchmarks/nfaugment.tsv"
+        f"{R}/benchmarks/augment.tsv"
     threads: config["threads"]["other"]
     resources:
         **gpu_resources("infer"),
     params:
-        launch=launch("nfaugment"),
+        launch=launch("augment"),
         cfg=lambda wc: slices(augment=config["augment"]),
         chash=lambda wc: lineage_hash(config, "nfpi", "augment"),
     shell:
