@@ -5,15 +5,21 @@ solve stage's wall time with ``fpi.lam: auto`` against a fixed lambda.
 
 ``RESULTS`` is a run's folder (``latents/pretrain/{train,val}.parquet``, ``data/meta.json``).  The grid
 and the solver options are those of the run's ``config.resolved.yaml`` ``fpi`` section (or of its
-``gaussians/nfpi.json`` spec) with ``lam: auto`` (its ``path`` or the defaults).  Prints a Markdown report: per lambda the path's and the
-cold solve's iterations and objectives, totals, seconds (median of ``--repeats``), and the solve stage
-run as a process (``python -m nfpi solve``), fixed lambda vs auto, alternating, median wall time.
+``gaussians/nfpi.json`` spec) with ``lam: auto`` (its ``path`` or the defaults).  Prints a Markdown report:
+the lambda each rule (``fpi.path.rule``) chooses; per lambda of the whole grid the path's and the cold
+solve's iterations and objectives, separation ratio and validation NF-Acc; totals of the path as it runs
+(the default rule, stopping early) and of the whole grid against cold solves, seconds (median of
+``--repeats``); and the solve stage run as a process (``python -m nfpi solve``), fixed lambda vs auto,
+alternating, median wall time, with the load average before and after.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -27,7 +33,7 @@ import yaml
 from nfpi.config import from_mapping
 from nfpi.data import PreparedData
 from nfpi.fpi import FPIConfig
-from nfpi.lampath import cold_grid, solve_path
+from nfpi.lampath import RULES, cold_grid, solve_path
 from nfpi.latents import class_stats, open_latents
 
 
@@ -53,36 +59,60 @@ def main() -> None:
     zv, yv = open_latents(val).read_all()
     zv, yv = torch.from_numpy(zv.astype("float64")), torch.from_numpy(yv)
 
-    t_path, t_cold = [], []
+    full_cfg = dataclasses.replace(cfg, path=dataclasses.replace(cfg.path, stop_early=False))
+    print(f"## Lambda path on `{r}` (K={k}, d={stats.dim}, {int(stats.counts.sum())} training latents, "
+          f"{len(yv)} validation latents)\n")
+    print(f"fpi: learn={cfg.learn}, init={cfg.init}, pi={cfg.pi}, alpha={cfg.alpha}, tol={cfg.tol:g}, "
+          f"max_iter={cfg.max_iter}; grid {cfg.path.lam_min:g}..{cfg.path.lam_max:g}, {cfg.path.points} points; "
+          f"tie_tol={cfg.path.tie_tol}, separation={cfg.path.separation:g}\n")
+    print("| rule | chosen lambda | points solved | path iterations | why |")
+    print("|---|---|---|---|---|")
+    for rule in RULES:
+        rc = dataclasses.replace(cfg, path=dataclasses.replace(cfg.path, rule=rule))
+        pr = solve_path(stats, rc, zv, yv)
+        print(f"| {rule}{' (this config)' if rule == cfg.path.rule else ''} | {pr.chosen:.4g} | {len(pr.points)} | "
+              f"{pr.total_iterations} | {pr.reason} |")
+    print()
+
+    t_path, t_full, t_cold = [], [], []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
         path = solve_path(stats, cfg, zv, yv)
         t_path.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        cold = cold_grid(stats, cfg, path.grid)
+        full = solve_path(stats, full_cfg, zv, yv)
+        t_full.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        cold = cold_grid(stats, cfg, full.grid)
         t_cold.append(time.perf_counter() - t0)
-    print(f"## Lambda path on `{r}` (K={k}, d={stats.dim}, {int(stats.counts.sum())} training latents, "
-          f"{len(yv)} validation latents)\n")
-    print(f"fpi: learn={cfg.learn}, init={cfg.init}, pi={cfg.pi}, alpha={cfg.alpha}, tol={cfg.tol:g}, "
-          f"max_iter={cfg.max_iter}; grid {cfg.path.lam_min:g}..{cfg.path.lam_max:g}, {cfg.path.points} points\n")
+    print("The whole grid (`stop_early: false`):\n")
     print("| lambda | path status | path iterations | cold status | cold iterations | objective path | objective cold "
-          "| val NF-Acc (%) | min KL |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for pt, c in zip(path.points, cold):
+          "| val NF-Acc (%) | min KL | separation ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for pt, c in zip(full.points, cold):
         co = c.history[-1]["objective"] if c.history else float("nan")
         mark = " **chosen**" if pt.lam == path.chosen else ""
         print(f"| {pt.lam:.4g}{mark} | {pt.status} | {pt.iterations} | {c.status} | {c.iterations} | {pt.objective:.8g} "
-              f"| {co:.8g} | {100 * pt.val_acc:.2f} | {pt.min_kl:.3g} |")
-    ci = sum(c.iterations for c in cold[:len(path.points)])
-    print(f"\nTotal iterations: path {path.total_iterations} vs cold {ci} "
-          f"({path.total_iterations / max(ci, 1):.2f}x); the same {len(path.points)} points. "
-          f"Seconds (median of {args.repeats}): path {statistics.median(t_path):.3f} "
-          f"(includes the validation NF-Acc of every point and one cold check solve) vs cold solves "
-          f"{statistics.median(t_cold):.3f}.")
+              f"| {co:.8g} | {100 * pt.val_acc:.2f} | {pt.min_kl:.3g} | {pt.sep_ratio:.3g} |")
+    n = len(path.points)
+    ci = sum(c.iterations for c in cold[:len(full.points)])
+    cp = sum(c.iterations for c in cold[:n])
+    print(f"\nThe path as configured (rule {cfg.path.rule}, stop_early {cfg.path.stop_early}): {n} of {len(full.grid)} "
+          f"points, {path.total_iterations} iterations, against {cp} for cold solves of the same {n} points "
+          f"({path.total_iterations / max(cp, 1):.2f}x) and {ci} for cold solves of the whole grid "
+          f"({path.total_iterations / max(ci, 1):.2f}x); then one cold check solve at the chosen lambda "
+          f"({path.cold['iterations']} iterations). Stopped at: {path.stop}.")
+    print(f"The whole grid by continuation: {full.total_iterations} iterations vs cold {ci} "
+          f"({full.total_iterations / max(ci, 1):.2f}x).")
+    print(f"Seconds (median of {args.repeats}, each including the validation NF-Acc of every point and the cold "
+          f"check): path as configured {statistics.median(t_path):.3f}, whole grid by continuation "
+          f"{statistics.median(t_full):.3f}; cold solves of the whole grid {statistics.median(t_cold):.3f}.")
     print(f"Boundary: {path.boundary}; chosen lambda {path.chosen:g}: {path.reason}.\n")
 
     # The solve stage as a process: fixed lambda vs lam: auto, alternating.
     walls: dict[str, list[float]] = {"fixed": [], "auto": []}
+    cpus: dict[str, list[float]] = {"fixed": [], "auto": []}
+    load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeats):
             for kind in ("fixed", "auto"):
@@ -92,13 +122,25 @@ def main() -> None:
                        "--out-json", f"{tmp}/{kind}.json"]
                 if kind == "auto":
                     cmd += ["--val-latents", str(val)]
-                t0 = time.perf_counter()
+                r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
                 subprocess.run(cmd, check=True, capture_output=True)
                 walls[kind].append(time.perf_counter() - t0)
+                r1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # CPU seconds: less sensitive to the load
+                cpus[kind].append(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime)
+    load1 = os.getloadavg()
     f, a = statistics.median(walls["fixed"]), statistics.median(walls["auto"])
+    ratios = [y / x for x, y in zip(walls["fixed"], walls["auto"])]
     print(f"Solve stage wall time (process, median of {args.repeats}, alternating): lambda={fixed:g} {f:.2f} s, "
-          f"lam: auto {a:.2f} s: +{100 * (a - f) / f:.1f}%. Runs: fixed {[round(x, 2) for x in walls['fixed']]}, "
-          f"auto {[round(x, 2) for x in walls['auto']]}.")
+          f"lam: auto {a:.2f} s: {100 * (a - f) / f:+.1f}%; median of the paired ratios auto/fixed "
+          f"{statistics.median(ratios):.3f}. Runs: fixed {[round(x, 2) for x in walls['fixed']]}, "
+          f"auto {[round(x, 2) for x in walls['auto']]}. Load average (1/5/15 min) before "
+          f"{'/'.join(f'{x:.1f}' for x in load0)}, after {'/'.join(f'{x:.1f}' for x in load1)}; "
+          f"niceness {os.nice(0)}.")
+    fc, ac = statistics.median(cpus["fixed"]), statistics.median(cpus["auto"])
+    print(f"Solve stage CPU seconds (user + system, same runs): lambda={fixed:g} {fc:.2f} s, lam: auto {ac:.2f} s: "
+          f"{100 * (ac - fc) / fc:+.1f}%; median of the paired ratios "
+          f"{statistics.median([y / x for x, y in zip(cpus['fixed'], cpus['auto'])]):.3f}. Runs: fixed "
+          f"{[round(x, 2) for x in cpus['fixed']]}, auto {[round(x, 2) for x in cpus['auto']]}.")
 
 
 if __name__ == "__main__":

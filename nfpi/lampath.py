@@ -14,17 +14,34 @@ at every point:
   one pass of the prior over the latents (the log-determinant of the flow is the same for every class,
   so it does not change the argmax; no fine-tuning is needed).
 
+* the separation ratio of the Gaussians against the spread of the classes' training latents
+  (:func:`separation_ratio`).
+
 The iteration diverges above some lambda (e.g. with learned variances); the first grid point at which
 it does is the *divergence boundary*: it is reported as a number and the path stops there.  lambda is
-chosen by a documented rule on the validation split only (:func:`choose`): the largest validation NF-Acc
-among certified points, ties (within ``tie_tol``) to the smaller lambda.  One cold solve at the chosen
-lambda checks that continuation did not land on another fixed point; the record keeps both objectives.
+chosen by a documented rule (``fpi.path.rule``, :data:`RULES`, :func:`choose`) that sees the training
+statistics and the validation split, never the test split:
+
+* ``separation`` (the default): the smallest lambda whose Gaussians are separated by at least
+  ``fpi.path.separation`` times the classes' own spread (:func:`separation_ratio`), among the points
+  whose validation NF-Acc stays within ``tie_tol`` of the best so far.  Fine-tuning moves each class's
+  latents towards its Gaussian; the rule asks for the smallest repulsion at which the classes' latent
+  clouds, so moved, would no longer overlap.  The NF-Acc of the Gaussians on the *pretrained* latents
+  cannot tell this (docs/bench/lampath.md: it is flat on digits); it serves as a guard against
+  Gaussians that no longer fit the classes.
+* ``largest``: the largest lambda whose validation NF-Acc stays within ``tie_tol`` of the best so far.
+* ``accuracy``: the largest validation NF-Acc, ties (within ``tie_tol``) to the smaller lambda.
+
+The first two rules read the path in order of lambda, so with ``stop_early`` the path stops where
+their choice is final (the separation target reached, or the NF-Acc fallen out of the tolerance)
+and the choice is the same as on the whole grid.  One cold solve at the chosen lambda checks that
+continuation did not land on another fixed point; the record keeps both objectives.
 
 Example::
 
     >>> from nfpi.fpi import ClassStats, FPIConfig
     >>> path = solve_path(stats, FPIConfig(lam="auto", learn="mean", init="identity"), z_val, y_val)
-    >>> path.chosen, path.boundary, path.points[0].val_acc
+    >>> path.chosen, path.boundary, path.points[0].val_acc, path.stop
 """
 
 from __future__ import annotations
@@ -41,8 +58,8 @@ import torch
 
 from nfpi.fpi import DTYPE, ClassStats, FPIConfig, FPIResult, LambdaPathConfig, pairwise_kl, solve_fpi_from_stats
 
-__all__ = ["PathPoint", "LambdaPath", "geometric_grid", "separation", "gaussian_accuracy", "choose", "solve_path",
-           "cold_grid", "path_table"]
+__all__ = ["PathPoint", "LambdaPath", "RULES", "geometric_grid", "separation", "separation_ratio", "gaussian_accuracy",
+           "acc_tolerance", "choose", "stop_reason", "rule_text", "solve_path", "cold_grid", "path_table"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +78,7 @@ class PathPoint:
     median_kl: float  #: median pairwise KL over y != y'
     val_acc: float  #: NF-Acc of these Gaussians on the validation latents (NaN when diverged)
     seconds: float  #: wall time of the solve and its evaluation
+    sep_ratio: float = math.nan  #: :func:`separation_ratio` of these Gaussians (the rule separation's measure)
 
 
 @dataclass(frozen=True)
@@ -76,6 +94,7 @@ class LambdaPath:
     reason: str  #: why this lambda (the numbers behind the choice)
     result: FPIResult  #: the fixed point at the chosen lambda (from the path)
     cold: dict[str, Any]  #: the cold solve at the chosen lambda: objective, iterations, same_point, distance
+    stop: str = ""  #: why the path ended where it did (end of the grid, the boundary, or the rule's choice final)
 
     @property
     def total_iterations(self) -> int:
@@ -93,6 +112,7 @@ class LambdaPath:
             "reason": self.reason,
             "total_iterations": self.total_iterations,
             "cold": dict(self.cold),
+            "stop": self.stop,
         }
 
 
@@ -132,25 +152,127 @@ def gaussian_accuracy(means: torch.Tensor, variances: torch.Tensor, z: torch.Ten
     return correct / z.shape[0]
 
 
-RULE = "largest validation NF-Acc among certified (converged) points, ties within tie_tol to the smaller lambda"
+def separation_ratio(means: torch.Tensor, variances: torch.Tensor, spread: torch.Tensor) -> float:
+    """How far apart the Gaussians are against the spread of the classes: the rule ``separation``'s measure.
+
+    ``min_{a != b} sqrt(2 KL(N_a || N_b)) / (r_a + r_b)`` with ``r_y = sqrt(sum_j s_yj / v_yj)``, ``s_y``
+    the variance of class y's training latents (``spread``, [K, d]) whitened by its Gaussian's variance.
+    With equal variances ``sqrt(2 KL)`` is the whitened distance between the two means (Eq. 3's KL), and
+    a class's latents lie at about ``r_y`` from their mean (a d-dimensional cloud concentrates on that
+    radius): a ratio of 1 says that the two latent clouds, moved to their Gaussians by fine-tuning, no
+    longer overlap.  One matrix product (:func:`nfpi.fpi.pairwise_kl`); NaN for K < 2.
+    """
+    k = means.shape[0]
+    if k < 2:
+        return math.nan
+    v = variances.to(DTYPE)
+    kl = pairwise_kl(means.to(DTYPE), v)
+    r = torch.sqrt((spread.to(DTYPE) / v).sum(1))
+    ratio = torch.sqrt(2.0 * kl) / (r[:, None] + r[None, :])
+    return float(ratio[~torch.eye(k, dtype=torch.bool)].min())
 
 
-def choose(points: Sequence[PathPoint], tie_tol: float = 0.0) -> tuple[int, str]:
-    """Index of the chosen point and the reason (:data:`RULE`); uses only what the points hold (validation).
+RULES: dict[str, str] = {
+    "separation": "the smallest lambda whose separation ratio (closest pair of means over the sum of their classes' "
+                  "latent radii) reaches {separation:g}, among the certified points whose validation NF-Acc stays "
+                  "within {tol} of the best so far; if no point reaches it, the largest such lambda",
+    "largest": "the largest lambda (in order along the path) whose validation NF-Acc stays within {tol} of the best "
+               "so far, among certified points",
+    "accuracy": "the largest validation NF-Acc among certified points, ties within {tol} to the smaller lambda",
+}
+
+
+def acc_tolerance(best: float, n_val: int, tie_tol: float | str) -> float:
+    """The NF-Acc tolerance of the rules: ``tie_tol``, or for ``"se"`` one binomial standard error of the best
+    accuracy on ``n_val`` validation latents, ``sqrt(p (1 - p) / n)`` with ``p = (c + 1) / (n + 2)`` (``c`` the
+    correct count; the +1 / +2 keeps it positive at 0 % and 100 %).  A drop smaller than that is noise."""
+    if tie_tol != "se":
+        return float(tie_tol)
+    c = round(best * n_val)
+    q = (c + 1) / (n_val + 2)
+    return math.sqrt(q * (1 - q) / max(n_val, 1))
+
+
+def _scan(points: Sequence[PathPoint], p: LambdaPathConfig, n_val: int
+          ) -> tuple[list[int], int | None, int | None, float]:
+    """Read the path in order of lambda: the certified points whose validation NF-Acc is within tolerance of
+    the best before them, up to the first that falls out; that point's index (or None); the first of them
+    reaching the separation target (or None); the best NF-Acc among them.  Every rule is a function of this
+    prefix, so stopping the path at a fall-out or at the target cannot change the choice."""
+    ok: list[int] = []
+    best, target = -math.inf, None
+    for i, pt in enumerate(points):
+        if not (pt.certified and math.isfinite(pt.val_acc)):
+            continue
+        if ok and pt.val_acc < best - acc_tolerance(best, n_val, p.tie_tol):
+            return ok, i, target, best
+        best = max(best, pt.val_acc)
+        ok.append(i)
+        if target is None and pt.sep_ratio >= p.separation:
+            target = i
+    return ok, None, target, best
+
+
+def stop_reason(points: Sequence[PathPoint], p: LambdaPathConfig, n_val: int) -> str:
+    """Why the rule's choice can no longer change after ``points`` ("" while it can): the path may stop here."""
+    if p.rule == "accuracy":
+        return ""
+    _, out, target, best = _scan(points, p, n_val)
+    if p.rule == "separation" and target is not None:
+        return (f"the separation target {p.separation:g} was reached at lambda={points[target].lam:.4g}; "
+                "larger lambdas were not solved (fpi.path.stop_early)")
+    if out is not None:
+        return (f"the validation NF-Acc fell to {points[out].val_acc:.4f} at lambda={points[out].lam:.4g}, more than "
+                f"{acc_tolerance(best, n_val, p.tie_tol):.4f} below the best {best:.4f}; larger lambdas were not solved "
+                "(fpi.path.stop_early)")
+    return ""
+
+
+def rule_text(p: LambdaPathConfig) -> str:
+    """The rule in words, with its parameters."""
+    tol = "one standard error" if p.tie_tol == "se" else f"{float(p.tie_tol):g}"
+    return f"{p.rule}: " + RULES[p.rule].format(separation=p.separation, tol=tol)
+
+
+def choose(points: Sequence[PathPoint], p: LambdaPathConfig, n_val: int) -> tuple[int, str]:
+    """Index of the chosen point and the reason, by the rule ``p.rule`` (:data:`RULES`); it reads only what
+    the points hold (the training statistics' separation and the validation NF-Acc), never the test split.
 
     Raises ``ValueError`` when no point is certified (every solve diverged or hit ``max_iter``).
     """
-    ok = [i for i, p in enumerate(points) if p.certified and math.isfinite(p.val_acc)]
+    ok, out, target, best = _scan(points, p, n_val)
     if not ok:
         raise ValueError("lambda path: no lambda of the grid gave a converged fixed point; lower fpi.path.lam_min or "
-                         "raise fpi.max_iter (statuses: " + ", ".join(f"{p.lam:g}: {p.status}" for p in points) + ")")
-    best = max(points[i].val_acc for i in ok)
-    i = min((j for j in ok if points[j].val_acc >= best - tie_tol), key=lambda j: points[j].lam)
-    ties = [points[j].lam for j in ok if points[j].val_acc >= best - tie_tol]
-    reason = (f"validation NF-Acc {points[i].val_acc:.4f} at lambda={points[i].lam:g} (best {best:.4f}"
-              + (f"; tied within {tie_tol:g} at lambda in {[float(f'{t:.4g}') for t in ties]}, the smallest kept"
-                 if len(ties) > 1 else "") + ")")
-    return i, reason
+                         "raise fpi.max_iter (statuses: " + ", ".join(f"{q.lam:g}: {q.status}" for q in points) + ")")
+    end = (f"the validation NF-Acc fell out of the tolerance at lambda={points[out].lam:.4g}" if out is not None
+           else "the end of the path")
+    if p.rule == "accuracy":
+        cert = [i for i, q in enumerate(points) if q.certified and math.isfinite(q.val_acc)]
+        top = max(points[i].val_acc for i in cert)
+        tol = acc_tolerance(top, n_val, p.tie_tol)
+        ties = [j for j in cert if points[j].val_acc >= top - tol]
+        i = min(ties, key=lambda j: points[j].lam)
+        reason = (f"validation NF-Acc {points[i].val_acc:.4f} at lambda={points[i].lam:.4g} (best {top:.4f}"
+                  + (f"; tied within {tol:.4g} at lambda in {[float(f'{points[t].lam:.4g}') for t in ties]}, "
+                     "the smallest kept" if len(ties) > 1 else "") + ")")
+        return i, reason
+    if p.rule == "separation" and target is not None:
+        best = max(points[j].val_acc for j in ok if j <= target)  # the best before the choice, as the path saw it
+    acc = (f"validation NF-Acc {{:.4f}}, within {acc_tolerance(best, n_val, p.tie_tol):.4f} of the best so far "
+           f"{best:.4f}")
+    if p.rule == "separation" and target is not None:
+        i = target
+        before = [j for j in ok if j < i]
+        prev = (f"; {points[before[-1]].sep_ratio:.3g} at lambda={points[before[-1]].lam:.4g}" if before else "")
+        return i, (f"separation ratio {points[i].sep_ratio:.3g} >= {p.separation:g} first at "
+                   f"lambda={points[i].lam:.4g}{prev}; " + acc.format(points[i].val_acc))
+    i = ok[-1]
+    if p.rule == "separation":
+        top = max(ok, key=lambda j: points[j].sep_ratio)
+        return i, (f"the separation target {p.separation:g} was not reached before {end} (largest ratio "
+                   f"{points[top].sep_ratio:.3g} at lambda={points[top].lam:.4g}); the largest lambda within the "
+                   f"tolerance kept: lambda={points[i].lam:.4g}, " + acc.format(points[i].val_acc))
+    return i, f"the largest lambda before {end}: lambda={points[i].lam:.4g}, " + acc.format(points[i].val_acc)
 
 
 def _options(cfg: FPIConfig) -> dict[str, Any]:
@@ -193,13 +315,16 @@ def solve_path(
     The first point starts from ``start`` (e.g. the previous fine-tuning round's chosen Gaussians) or
     from ``cfg.init``; the second from the first fixed point; every later point from the secant
     prediction of the last two (:func:`_predict`; ``path.predictor: false``: the last fixed point).  Divergence is flagged,
-    never raised: the first diverging lambda is the boundary and the path stops there.  ``z_val``,
+    never raised: the first diverging lambda is the boundary and the path stops there.  With ``path.stop_early``
+    the path also stops where the rule's choice is final (:func:`stop_reason`); ``LambdaPath.stop`` says why.  ``z_val``,
     ``y_val`` are the validation latents and labels (the only data the choice sees).
     """
     if cfg.method != "fpi":
         raise ValueError(f"fpi.lam: auto needs method 'fpi' (diagonal FPI), got {cfg.method!r}")
     p: LambdaPathConfig = cfg.path
     grid = geometric_grid(p.lam_min, p.lam_max, p.points)
+    n_val = int(y_val.shape[0])
+    stop = f"the end of the grid (lambda={grid[-1]:.4g})"
     opts = {**_options(cfg), "on_divergence": "flag"}
     x = start
     points: list[PathPoint] = []
@@ -216,30 +341,39 @@ def solve_path(
         lo, med = separation(r.means, r.variances)
         acc = math.nan if diverged else gaussian_accuracy(r.means, r.variances, z_val, y_val)
         res = float(last.get("residual", math.nan))
+        ratio = math.nan if diverged else separation_ratio(r.means, r.variances, stats.var)
         pt = PathPoint(lam=lam, status=r.status, iterations=r.iterations,
                        objective=float(last.get("objective", math.nan)) if not diverged else math.nan,
                        residual=res, certified=r.status == "converged" and res <= cfg.tol, min_kl=lo, median_kl=med,
-                       val_acc=acc, seconds=time.perf_counter() - t0)
+                       val_acc=acc, seconds=time.perf_counter() - t0, sep_ratio=ratio)
         points.append(pt)
         results.append(r)
         if on_point is not None:
             on_point(pt)
-        log.info("lambda path: lambda=%g %s in %d iterations, residual %.3g, min/median KL %.3g/%.3g, val NF-Acc %.4f",
-                 lam, r.status, r.iterations, res, lo, med, acc)
+        log.info("lambda path: lambda=%g %s in %d iterations, residual %.3g, min/median KL %.3g/%.3g, separation "
+                 "ratio %.3g, val NF-Acc %.4f", lam, r.status, r.iterations, res, lo, med, ratio, acc)
         if diverged:
             boundary = lam
+            stop = f"the divergence boundary (lambda={lam:.4g})"
             log.info("lambda path: the FPI diverges at lambda=%g (boundary); the path stops here", lam)
             break
+        if p.stop_early and (why := stop_reason(points, p, n_val)):
+            stop = why
+            log.info("lambda path: %s", why)
+            break
         x = (r.means, r.variances)
-    i, reason = choose(points, p.tie_tol)
+    i, reason = choose(points, p, n_val)
     chosen = results[i]
     t0 = time.perf_counter()
-    cold = solve_fpi_from_stats(stats, lam=points[i].lam, **opts)
-    dist = _distance(chosen, cold) if cold.status != "diverged" else math.inf
-    cold_obj = float(cold.history[-1]["objective"]) if cold.history else math.nan
+    if i == 0 and start is None:  # the first point started from cfg.init: it is the cold solve, no second one needed
+        cold, dist, cold_obj = chosen, 0.0, points[0].objective
+    else:
+        cold = solve_fpi_from_stats(stats, lam=points[i].lam, **opts)
+        dist = _distance(chosen, cold) if cold.status != "diverged" else math.inf
+        cold_obj = float(cold.history[-1]["objective"]) if cold.history else math.nan
     cold_rec = {"lam": points[i].lam, "status": cold.status, "iterations": cold.iterations, "objective": cold_obj,
                 "path_objective": points[i].objective, "distance": dist, "same_point": dist <= p.same_point_tol,
-                "seconds": time.perf_counter() - t0}
+                "seconds": time.perf_counter() - t0, "is_first_point": cold is chosen}
     if not cold_rec["same_point"]:
         log.warning("lambda path: at lambda=%g the warm-started fixed point differs from a cold solve's (whitened "
                     "distance %.3g; objectives %.6g warm vs %.6g cold); the warm one is used (it is the continuation "
@@ -248,7 +382,7 @@ def solve_path(
     result = dataclasses.replace(chosen, settings=settings,
                                  message=f"lambda={points[i].lam:g} chosen by the lambda path: {reason}")
     return LambdaPath(points=tuple(points), grid=tuple(grid), boundary=boundary, chosen=points[i].lam, chosen_index=i,
-                      rule=RULE, reason=reason, result=result, cold=cold_rec)
+                      rule=rule_text(p), reason=reason, result=result, cold=cold_rec, stop=stop)
 
 
 def cold_grid(stats: ClassStats, cfg: FPIConfig, grid: Sequence[float]) -> list[FPIResult]:
@@ -271,6 +405,7 @@ def path_table(record: dict[str, Any], source: str, *, stamp: dict[str, str] | N
         mark = ("chosen" if i == path["chosen_index"] else
                 "boundary (diverged)" if p["status"] == "diverged" else "")
         acc = p["val_acc"] if p["val_acc"] == p["val_acc"] else None  # NaN -> empty cell
+        sep = p.get("sep_ratio", math.nan)
         rows.append([
             Cell(p["lam"], source, f"{key}.lam", fmt="{:.4g}"),
             Cell(p["status"], source, f"{key}.status"),
@@ -278,6 +413,7 @@ def path_table(record: dict[str, Any], source: str, *, stamp: dict[str, str] | N
             Cell(p["residual"], source, f"{key}.residual", fmt="{:.1e}"),
             Cell(p["min_kl"], source, f"{key}.min_kl", fmt="{:.3g}"),
             Cell(p["median_kl"], source, f"{key}.median_kl", fmt="{:.3g}"),
+            Cell(sep if sep == sep else None, source, f"{key}.sep_ratio", fmt="{:.3g}", note="-"),
             Cell(None if acc is None else 100.0 * acc, source, f"{key}.val_acc", note="-"),
             Cell(mark),
         ])
@@ -285,7 +421,8 @@ def path_table(record: dict[str, Any], source: str, *, stamp: dict[str, str] | N
     notes = [
         f"Rule: {path['rule']}. Chosen: lambda = {path['chosen']:.4g}: {path['reason']}.",
         ("Divergence boundary: lambda = %.4g (the path stops there)." % path["boundary"]) if path["boundary"] is not None
-        else f"No divergence up to lambda = {path['grid'][-1]:.4g} (the end of the grid).",
+        else f"No divergence up to lambda = {path['points'][-1]['lam']:.4g}; the path ended at "
+             f"{path.get('stop') or 'the end of the grid'}.",
         f"Path: {path['total_iterations']} fixed-point iterations in all, each point warm-started from the previous one. "
         f"A cold solve at the chosen lambda took {cold['iterations']} iterations and "
         + ("reached the same fixed point" if cold["same_point"] else
@@ -294,5 +431,6 @@ def path_table(record: dict[str, Any], source: str, *, stamp: dict[str, str] | N
     ]
     return Table("lambda_path", "Lambda path: NFPI solved along a geometric grid of lambda (continuation), "
                  "lambda chosen on the validation split",
-                 ["lambda", "status", "iterations", "residual", "min KL", "median KL", "val NF-Acc (%)", ""],
+                 ["lambda", "status", "iterations", "residual", "min KL", "median KL", "separation ratio",
+                  "val NF-Acc (%)", ""],
                  rows, notes=notes, stamp=dict(stamp or {}))

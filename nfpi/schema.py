@@ -105,7 +105,8 @@ RANGES: dict[str, dict[str, Any]] = {
     "fpi.path.lam_min": _GT0,
     "fpi.path.lam_max": _GT0,
     "fpi.path.points": {"minimum": 2},
-    "fpi.path.tie_tol": _NONNEG,
+    "fpi.path.tie_tol": _PROB,
+    "fpi.path.separation": _GT0,
     "fpi.path.same_point_tol": _GT0,
     # Baseline 2 (gradient descent)
     "gd.steps": _POS,

@@ -16,8 +16,9 @@ import torch
 
 from nfpi.density import load_gaussians
 from nfpi.config import ConfigError, from_mapping
-from nfpi.fpi import ClassStats, FPIConfig, objective, pairwise_kl, pi_normaliser, solve
-from nfpi.lampath import PathPoint, choose, cold_grid, gaussian_accuracy, geometric_grid, separation, solve_path
+from nfpi.fpi import ClassStats, FPIConfig, LambdaPathConfig, objective, pairwise_kl, pi_normaliser, solve
+from nfpi.lampath import (PathPoint, acc_tolerance, choose, cold_grid, gaussian_accuracy, geometric_grid, separation,
+                          separation_ratio, solve_path, stop_reason)
 
 from tinyflow import tiny_pretrained
 
@@ -53,9 +54,9 @@ def grad_norm(stats: ClassStats, mu: torch.Tensor, v: torch.Tensor, lam: float, 
 
 CFGS = {
     "mu_only": {"lam": "auto", "learn": "mean", "init": "identity", "tol": 1e-12, "max_iter": 3000,
-                "path": {"lam_min": 1.0, "lam_max": 1000.0, "points": 7}},
+                "path": {"lam_min": 1.0, "lam_max": 1000.0, "points": 7, "stop_early": False}},
     "both": {"lam": "auto", "learn": "both", "init": "data", "tol": 1e-12, "max_iter": 3000,
-             "path": {"lam_min": 0.5, "lam_max": 10.0, "points": 6}},
+             "path": {"lam_min": 0.5, "lam_max": 10.0, "points": 6, "stop_early": False}},
 }
 
 
@@ -98,8 +99,10 @@ def test_separation_grows_along_the_path() -> None:
 def test_divergence_boundary_is_reported_and_stops_the_path() -> None:
     # pi="pair" with learned variances: the lagged objective is unbounded above lambda ~ K alpha e^(1/alpha) / 2
     stats, zv, yv = problem(k=10, d=8, seed=0)
+    # rule accuracy reads the whole grid, so the path runs on to the boundary
     cfg = from_mapping(FPIConfig, {"lam": "auto", "pi": "pair", "learn": "both", "max_iter": 500,
-                                   "path": {"lam_min": 1.0, "lam_max": 3000.0, "points": 9}}, where="fpi")
+                                   "path": {"lam_min": 1.0, "lam_max": 3000.0, "points": 9, "rule": "accuracy"}},
+                       where="fpi")
     path = solve_path(stats, cfg, zv, yv)
     assert path.boundary is not None and isinstance(path.boundary, float)
     assert path.points[-1].lam == path.boundary and path.points[-1].status == "diverged"
@@ -108,17 +111,104 @@ def test_divergence_boundary_is_reported_and_stops_the_path() -> None:
     assert path.chosen < path.boundary and path.points[path.chosen_index].certified
     d = path.to_dict()
     assert d["boundary"] == path.boundary and math.isnan(d["points"][-1]["val_acc"])
+    assert "boundary" in path.stop
+    # the default rule (separation) on the whole grid: the same boundary, a choice below it
+    full = solve_path(stats, from_mapping(FPIConfig, {**cfg_map(cfg), "path": {**cfg_map(cfg)["path"],
+                                                                               "rule": "separation",
+                                                                               "stop_early": False}}, where="fpi"),
+                      zv, yv)
+    assert full.boundary == path.boundary and full.chosen < full.boundary
 
 
-def test_choice_uses_validation_only_and_ties_go_to_the_smaller_lambda() -> None:
-    def pt(lam: float, acc: float, ok: bool = True) -> PathPoint:
-        return PathPoint(lam, "converged" if ok else "max_iter", 5, 1.0, 0.0, ok, 1.0, 2.0, acc, 0.0)
+def cfg_map(cfg: FPIConfig) -> dict[str, Any]:
+    import dataclasses
 
-    assert choose([pt(1, 0.8), pt(10, 0.9), pt(100, 0.9)])[0] == 1
-    assert choose([pt(1, 0.8), pt(10, 0.89), pt(100, 0.9)], tie_tol=0.02)[0] == 1
-    assert choose([pt(1, 0.8), pt(10, 0.95, ok=False), pt(100, 0.9)])[0] == 2  # uncertified points never win
-    with pytest.raises(ValueError, match="no lambda of the grid"):
-        choose([pt(1, 0.8, ok=False)])
+    return dataclasses.asdict(cfg)
+
+
+def pt(lam: float, acc: float, ok: bool = True, ratio: float = 0.0) -> PathPoint:
+    return PathPoint(lam, "converged" if ok else "max_iter", 5, 1.0, 0.0, ok, 1.0, 2.0, acc, 0.0, ratio)
+
+
+def rule(name: str, tie_tol: float | str = 0.0, sep: float = 1.0) -> LambdaPathConfig:
+    return LambdaPathConfig(rule=name, tie_tol=tie_tol, separation=sep)  # type: ignore[arg-type]
+
+
+def test_rule_accuracy_ties_go_to_the_smaller_lambda() -> None:
+    acc = rule("accuracy")
+    assert choose([pt(1, 0.8), pt(10, 0.9), pt(100, 0.9)], acc, 100)[0] == 1
+    assert choose([pt(1, 0.8), pt(10, 0.89), pt(100, 0.9)], rule("accuracy", 0.02), 100)[0] == 1
+    assert choose([pt(1, 0.8), pt(10, 0.95, ok=False), pt(100, 0.9)], acc, 100)[0] == 2  # uncertified never win
+    assert stop_reason([pt(1, 0.9), pt(10, 0.1)], acc, 100) == ""  # it needs the whole grid
+    for name in ("accuracy", "largest", "separation"):
+        with pytest.raises(ValueError, match="no lambda of the grid"):
+            choose([pt(1, 0.8, ok=False)], rule(name), 100)
+
+
+def test_rule_largest_keeps_the_largest_lambda_within_the_tolerance_and_stops_at_the_first_drop() -> None:
+    pts = [pt(1, 0.8), pt(10, 0.9), pt(100, 0.89), pt(1000, 0.85), pt(1e4, 0.9)]
+    p = rule("largest", 0.02)
+    i, reason = choose(pts, p, 100)
+    assert i == 2 and "lambda=100" in reason  # 0.85 < 0.9 - 0.02 ends the run; 1e4 is never reached
+    assert [bool(stop_reason(pts[:j], p, 100)) for j in range(1, 6)] == [False, False, False, True, True]
+    assert choose(pts[:4], p, 100)[0] == choose(pts, p, 100)[0]  # stopping at the drop cannot change the choice
+    assert choose([pt(1, 0.8), pt(10, 0.99, ok=False), pt(100, 0.79)], p, 100)[0] == 2
+
+
+def test_rule_separation_takes_the_first_lambda_reaching_the_target_within_the_accuracy_guard() -> None:
+    p = rule("separation", 0.05, sep=1.0)
+    pts = [pt(1, 0.9, ratio=0.2), pt(10, 0.88, ratio=0.6), pt(100, 0.87, ratio=1.1), pt(1000, 0.9, ratio=1.5)]
+    i, reason = choose(pts, p, 100)
+    assert i == 2 and "1.1 >= 1" in reason
+    assert [bool(stop_reason(pts[:j], p, 100)) for j in range(1, 5)] == [False, False, True, True]
+    assert choose(pts[:3], p, 100) == (i, reason)
+    # an uncertified point reaching the target does not count
+    assert choose([pt(1, 0.9, ratio=0.2), pt(10, 0.9, ok=False, ratio=2.0), pt(100, 0.9, ratio=1.2)], p, 100)[0] == 2
+    # the accuracy guard ends the path before the target: the largest lambda within the tolerance
+    guarded = [pt(1, 0.9, ratio=0.2), pt(10, 0.88, ratio=0.6), pt(100, 0.7, ratio=1.1)]
+    i, reason = choose(guarded, p, 100)
+    assert i == 1 and "not reached" in reason and stop_reason(guarded, p, 100)
+    # the target never reached: the largest lambda of the path
+    assert choose(pts[:2], p, 100)[0] == 1 and stop_reason(pts[:2], p, 100) == ""
+
+
+def test_se_tolerance_is_one_binomial_standard_error() -> None:
+    q = 127 / 146  # 126 of 144 correct, (c + 1) / (n + 2)
+    assert acc_tolerance(126 / 144, 144, "se") == pytest.approx(math.sqrt(q * (1 - q) / 144))
+    assert acc_tolerance(1.0, 50, "se") > 0 and acc_tolerance(0.9, 50, 0.01) == 0.01
+    # more validation latents, a tighter tolerance
+    assert acc_tolerance(0.9, 1000, "se") < acc_tolerance(0.9, 100, "se")
+
+
+@pytest.mark.parametrize("scale", [0.5, 3.0])
+def test_separation_ratio(scale: float) -> None:
+    mu = torch.tensor([[0.0, 0.0, 0.0], [6.0, 0.0, 0.0], [0.0, 10.0, 0.0]], dtype=F64)
+    v = torch.ones_like(mu)
+    spread = torch.full_like(mu, 3.0)  # each class's radius sqrt(3 * 3) = 3
+    assert separation_ratio(mu, v, spread) == pytest.approx(6.0 / (3 + 3))  # the closest pair: distance 6
+    # units do not matter: scaling the latents scales means, variances and spreads together
+    assert separation_ratio(scale * mu, scale**2 * v, scale**2 * spread) == pytest.approx(1.0)
+    assert math.isnan(separation_ratio(mu[:1], v[:1], spread[:1]))
+
+
+def test_stopping_early_does_not_change_the_choice() -> None:
+    stats, zv, yv = problem(seed=5)
+    for name in ("separation", "largest", "accuracy"):
+        base = {**CFGS["mu_only"], "path": {**CFGS["mu_only"]["path"], "rule": name, "separation": 0.8,
+                                            "stop_early": True}}
+        early = solve_path(stats, from_mapping(FPIConfig, base, where="fpi"), zv, yv)
+        full = solve_path(stats, from_mapping(FPIConfig, {**base, "path": {**base["path"], "stop_early": False}},
+                                              where="fpi"), zv, yv)
+        assert early.chosen == full.chosen and early.reason == full.reason, name
+        assert len(early.points) <= len(full.points) == len(full.grid) and early.stop
+        if name == "separation":
+            ratios = [q.sep_ratio for q in full.points]
+            assert ratios == sorted(ratios)  # the means move apart along the path
+            assert early.points[early.chosen_index].sep_ratio >= 0.8 > early.points[early.chosen_index - 1].sep_ratio
+            assert len(early.points) == early.chosen_index + 1 < len(full.grid)
+
+
+def test_choice_uses_validation_only() -> None:
     # the path reads nothing but (stats, validation latents): permuting the training labels' names
     # changes the Gaussians, relabelling the validation set changes only the accuracies
     stats, zv, yv = problem(seed=3)
@@ -135,6 +225,18 @@ def test_warm_start_from_a_previous_choice() -> None:
     again = solve_path(stats, cfg, zv, yv, start=(first.result.means, first.result.variances))
     assert again.chosen == first.chosen
     torch.testing.assert_close(again.result.means, first.result.means, rtol=1e-8, atol=1e-8)
+
+
+def test_the_cold_check_is_skipped_only_where_the_chosen_point_is_itself_a_cold_solve() -> None:
+    stats, zv, yv = problem(seed=6)
+    smallest = {**CFGS["mu_only"], "path": {**CFGS["mu_only"]["path"], "rule": "accuracy", "tie_tol": 1.0}}
+    cfg = from_mapping(FPIConfig, smallest, where="fpi")
+    path = solve_path(stats, cfg, zv, yv)  # every point ties: the smallest lambda, the first point, a cold start
+    assert path.chosen_index == 0 and path.cold["is_first_point"] and path.cold["same_point"]
+    assert path.cold["iterations"] == path.points[0].iterations
+    warm = solve_path(stats, cfg, zv, yv, start=(path.result.means + 0.1, path.result.variances))
+    assert warm.chosen_index == 0 and not warm.cold["is_first_point"]  # warm-started: checked by a cold solve
+    assert warm.cold["same_point"]
 
 
 def test_helpers() -> None:
@@ -156,7 +258,7 @@ def test_helpers() -> None:
 # ---------------------------------------------------------------- through the stages (solve, lambda_path, finetune)
 
 AUTO = {"method": "fpi", "lam": "auto", "learn": "mean", "init": "identity", "max_iter": 300,
-        "path": {"lam_min": 1.0, "lam_max": 1000.0, "points": 4}}
+        "path": {"lam_min": 1.0, "lam_max": 1000.0, "points": 4, "stop_early": False}}
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +291,8 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_solve_stage_records_the_path_and_uses_the_chosen_lambda(staged: dict[str, Any]) -> None:
     rec = staged["record"]
     path = rec["path"]
-    assert len(path["points"]) == 4 and path["rule"] and path["reason"]
+    assert len(path["points"]) == 4 and path["rule"].startswith("separation") and path["reason"] and path["stop"]
+    assert all(p["sep_ratio"] > 0 for p in path["points"])
     assert rec["lam"] == path["chosen"] == path["points"][path["chosen_index"]]["lam"]
     assert rec["result"]["settings"]["lam_auto"] is True and "lambda path" in rec["result"]["message"]
     _, g_record = load_gaussians(staged["root"] / "nfpi.pt")

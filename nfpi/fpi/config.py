@@ -32,7 +32,10 @@ class LambdaPathConfig:
     lam_min: float = 1.0  #: first lambda of the geometric grid
     lam_max: float = 10000.0  #: last lambda of the grid (the path stops earlier where the FPI diverges)
     points: int = 13  #: grid points from lam_min to lam_max, equally spaced in log lambda
-    tie_tol: float = 0.0  #: validation NF-Acc within this of the best is a tie, resolved to the smaller lambda
+    rule: Literal["separation", "largest", "accuracy"] = "separation"  #: how the path chooses lambda (nfpi.lampath)
+    separation: float = 1.0  #: rule separation's target for the closest pair: distance / sum of the two class radii
+    tie_tol: float | Literal["se"] = "se"  #: NF-Acc within this of the best is a tie; se: one binomial standard error
+    stop_early: bool = True  #: stop where the rule's choice is final (false: solve the whole grid; same choice)
     same_point_tol: float = 1e-4  #: whitened distance under which the warm and the cold fixed point are the same
     predictor: bool = True  #: start each solve from the secant extrapolation of the last two fixed points (else the last one)
 
