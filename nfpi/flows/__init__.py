@@ -16,11 +16,11 @@ The torch-backed names load on first use, so ``from nfpi.flows import FlowConfig
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from nfpi.flows.config import BUILTIN_ARCHS, FlowConfig, resolve_preset
 from nfpi.flows.presets import PRESETS, Preset
+from nfpi.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from nfpi.flows.layers import FlowLayer, available_layers, build_layer
@@ -52,10 +52,4 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Load a torch-backed name on first use (PEP 562)."""
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"nfpi.flows.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'nfpi.flows' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())  # torch-backed names load on first use (PEP 562)

@@ -29,10 +29,10 @@ use, so ``from nfpi.fpi import FPIConfig`` does not import torch::
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from nfpi.fpi.config import LR_POLICIES, FPIConfig, InitKind, LambdaPathConfig, LearnKind, PiKind, PolicyName
+from nfpi.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from nfpi.fpi.diagonal import fpi_step, solve_fpi, solve_fpi_from_stats
@@ -83,14 +83,4 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Load a torch-backed name on first use (PEP 562), as :mod:`nfpi.flows` does."""
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"nfpi.fpi.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'nfpi.fpi' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())  # torch-backed names load on first use (PEP 562)
