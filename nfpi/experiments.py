@@ -72,8 +72,13 @@ BASELINE1_KEYS: tuple[str, ...] = ("var_min", "var_max")
 
 
 def _fpi_spec(config: Mapping[str, Any], **override: Any) -> dict[str, Any]:
-    """An FPI setting: every ``fpi`` key (the schema's ``fpi`` section holds only FPI solver options)."""
-    return {**dict(config["fpi"]), "method": "fpi", **override}
+    """An FPI setting: every ``fpi`` key (the schema's ``fpi`` section holds only FPI solver options),
+    less ``fpi.path`` where lambda is fixed: the path's grid and rule only act when ``lam`` is ``auto``,
+    so widening the grid must not rerun Table 2's fixed-lambda rows."""
+    spec = {**dict(config["fpi"]), "method": "fpi", **override}
+    if spec.get("lam") != "auto":
+        spec.pop("path", None)
+    return spec
 
 
 def _baseline1_spec(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -109,6 +109,24 @@ def test_a_setting_depends_only_on_the_keys_that_change_its_solve() -> None:
     assert lineage_hash(CONFIG, "baseline1", "evaluate") == lineage_hash(cfg, "baseline1", "evaluate")
 
 
+def test_the_lambda_path_grid_changes_only_the_setting_it_chooses_for() -> None:
+    """fpi.path acts only when fpi.lam is auto: widening the grid reruns the NFPI row, not Table 2's
+    fixed-lambda rows, Baseline 1 or Baseline 2."""
+    def specs(lam: object, path: dict[str, object]) -> dict[str, dict[str, object]]:
+        cfg = copy.deepcopy(CONFIG)
+        cfg["fpi"]["lam"] = lam
+        cfg["fpi"]["path"] = path
+        return {n: s.spec for n, s in settings_from_config(cfg).items()}
+
+    narrow, wide = {"lam_max": 1e4, "points": 13}, {"lam_max": 1e6, "points": 19}
+    before, after = specs("auto", narrow), specs("auto", wide)
+    assert {n for n in before if before[n] != after[n]} == {"nfpi"}
+    assert after["nfpi"]["path"] == wide
+    assert all("path" not in s for n, s in after.items() if n != "nfpi")
+    fixed_before, fixed_after = specs(1000.0, narrow), specs(1000.0, wide)
+    assert fixed_before == fixed_after
+
+
 def test_tabulate_receives_only_what_the_tables_depend_on() -> None:
     from nfpi.experiments import tables_slice
 
