@@ -86,13 +86,14 @@ def main() -> None:
         cold = cold_grid(stats, cfg, full.grid)
         t_cold.append(time.perf_counter() - t0)
     print("The whole grid (`stop_early: false`):\n")
-    print("| lambda | path status | path iterations | cold status | cold iterations | objective path | objective cold "
-          "| val NF-Acc (%) | min KL | separation ratio |")
+    print("| lambda | path status | path iterations (map evaluations) | cold status | cold iterations | objective path "
+          "| objective cold | val NF-Acc (%) | min KL | separation ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for pt, c in zip(full.points, cold):
         co = c.history[-1]["objective"] if c.history else float("nan")
         mark = " **chosen**" if pt.lam == path.chosen else ""
-        print(f"| {pt.lam:.4g}{mark} | {pt.status} | {pt.iterations} | {c.status} | {c.iterations} | {pt.objective:.8g} "
+        print(f"| {pt.lam:.4g}{mark} | {pt.status} | {pt.iterations} ({pt.evaluations}) | {c.status} | {c.iterations} "
+              f"| {pt.objective:.8g} "
               f"| {co:.8g} | {100 * pt.val_acc:.2f} | {pt.min_kl:.3g} | {pt.sep_ratio:.3g} |")
     n = len(path.points)
     ci = sum(c.iterations for c in cold[:len(full.points)])
@@ -100,9 +101,11 @@ def main() -> None:
     print(f"\nThe path as configured (rule {cfg.path.rule}, stop_early {cfg.path.stop_early}): {n} of {len(full.grid)} "
           f"points, {path.total_iterations} iterations, against {cp} for cold solves of the same {n} points "
           f"({path.total_iterations / max(cp, 1):.2f}x) and {ci} for cold solves of the whole grid "
-          f"({path.total_iterations / max(ci, 1):.2f}x); then one cold check solve at the chosen lambda "
-          f"({path.cold['iterations']} iterations). Stopped at: {path.stop}.")
-    print(f"The whole grid by continuation: {full.total_iterations} iterations vs cold {ci} "
+          f"({path.total_iterations / max(ci, 1):.2f}x); {sum(q.evaluations for q in path.points)} map evaluations "
+          f"(Anderson memory {path.anderson}); then one cold check solve at the chosen lambda "
+          f"({path.cold['iterations']} iterations, plain). Stopped at: {path.stop}.")
+    print(f"The whole grid by continuation: {full.total_iterations} iterations "
+          f"({sum(q.evaluations for q in full.points)} map evaluations) vs cold {ci} "
           f"({full.total_iterations / max(ci, 1):.2f}x).")
     print(f"Seconds (median of {args.repeats}, each including the validation NF-Acc of every point and the cold "
           f"check): path as configured {statistics.median(t_path):.3f}, whole grid by continuation "

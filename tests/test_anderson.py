@@ -123,7 +123,8 @@ def test_anderson_on_a_linear_map_finds_its_fixed_point(n: int) -> None:
     def ev(x: torch.Tensor) -> _Eval:
         return _Eval(a @ x + b, x, 0.0, None, None, 0.0, 1.0)
 
-    acc = _Anderson(n, coords=lambda x, e: (x, e.means, torch.ones_like(x)), point=lambda u, last: u.clone())
+    acc = _Anderson(n, coords=lambda x, e: (e.means.numpy().copy(), (e.means - x).numpy()),
+                    point=lambda u, last: u.clone())
     x = torch.zeros(n, dtype=F64)
     assert acc.propose() is None  # nothing to mix before the first iterate
     for _ in range(n + 1):

@@ -21,6 +21,7 @@ import dataclasses
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from nfpi.fpi.config import FPIConfig, InitKind
@@ -212,12 +213,17 @@ def solve_fpi_from_stats(
     def at_bound(x: tuple[torch.Tensor, torch.Tensor]) -> bool:
         return learn != "mean" and bool(((x[1] <= var_min) | (x[1] >= var_max)).any())
 
-    def coords(x: tuple[torch.Tensor, torch.Tensor], ev: _Eval) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # the learned coordinates: mu (whitened by sqrt(v) in the residual) and log v, as in _residual
-        parts = [(x[0], ev.means, x[1].rsqrt())] if learn != "var" else []
+    def coords(x: tuple[torch.Tensor, torch.Tensor], ev: _Eval) -> tuple[np.ndarray, np.ndarray]:
+        # the learned coordinates of T(x) (mu, log v) and the residual whitened as in _residual; numpy views,
+        # since at [K, d] ~ [10, 64] torch's per-call overhead would outweigh the arithmetic
+        g, f = [], []
+        if learn != "var":
+            g.append(ev.means.numpy().ravel().copy())
+            f.append((g[-1] - x[0].numpy().ravel()) / np.sqrt(x[1].numpy().ravel()))
         if learn != "mean":
-            parts.append((x[1].log(), ev.variances.log(), torch.ones_like(x[1])))
-        return tuple(torch.cat([p[i].flatten() for p in parts]) for i in range(3))  # type: ignore[return-value]
+            g.append(np.log(ev.variances.numpy().ravel()))
+            f.append(g[-1] - np.log(x[1].numpy().ravel()))
+        return (g[0], f[0]) if len(g) == 1 else (np.concatenate(g), np.concatenate(f))
 
     def point(u: torch.Tensor, last: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         n = last[0].numel() if learn != "var" else 0

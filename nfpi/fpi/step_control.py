@@ -54,8 +54,8 @@ class _Eval:
 class _Anderson:
     """Anderson acceleration (type II; Walker & Ni 2011, SIAM J. Numer. Anal. 49(4)) of a fixed-point map ``T``.
 
-    The iterate is written as a vector ``u`` (``coords``: the iterate's coordinates ``u``, those of ``T(x)``
-    ``g``, and the weights ``w`` that make ``(g - u) w`` the solver's whitened residual).  From the last
+    The iterate is written as a vector ``u``; ``coords`` gives, at an iterate ``x``, the coordinates ``g`` of
+    ``T(x)`` and the residual ``f = (g - u) w`` weighted as the solver's whitened residual.  From the last
     ``memory + 1`` iterates it proposes ``u' = g_k - dG gamma`` with ``gamma = argmin |f_k - dF gamma|``
     (``f = (g - u) w``; ``dF``, ``dG`` the differences of consecutive ``f``, ``g``): the combination of the
     recent map values whose linearised residual is smallest.  On a linearly converging iteration (rate
@@ -65,7 +65,7 @@ class _Anderson:
     """
 
     memory: int  #: number of differences kept (m); 0 would be the plain iteration
-    coords: Callable[[Any, _Eval], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  #: (u, g, w) of an iterate
+    coords: Callable[[Any, _Eval], tuple[np.ndarray, np.ndarray]]  #: (g, f) of an iterate, flat float64
     point: Callable[[torch.Tensor, Any], Any]  #: the iterate of coordinates u (the second argument: the last iterate)
     _g: list[np.ndarray] = field(default_factory=list)  #: map values g of the recorded iterates
     _f: list[np.ndarray] = field(default_factory=list)  #: their weighted residuals f
@@ -75,8 +75,7 @@ class _Anderson:
 
     def push(self, x: Any, ev: _Eval) -> None:
         """Record an accepted iterate and its map value (differences beyond ``memory`` are dropped)."""
-        u, g, w = (t.numpy() for t in self.coords(x, ev))
-        f = (g - u) * w
+        g, f = self.coords(x, ev)
         if self._f:
             self._dg.append(g - self._g[-1])
             self._df.append(f - self._f[-1])
