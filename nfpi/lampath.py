@@ -37,6 +37,11 @@ their choice is final (the separation target reached, or the NF-Acc fallen out o
 and the choice is the same as on the whole grid.  One cold solve at the chosen lambda checks that
 continuation did not land on another fixed point; the record keeps both objectives.
 
+The path's solves are Anderson-accelerated (:data:`ANDERSON`; ``nfpi.fpi.solve_fpi_from_stats(...,
+anderson=m)``): the fixed point and its certificate are the plain iteration's (the same stopping test on
+the plain map's residual), reached in a third to a fifth of the iterations.  The cold check starts from
+``cfg.init`` and is accelerated the same way (its record says so: ``cold.anderson``).
+
 Example::
 
     >>> from nfpi.fpi import ClassStats, FPIConfig
@@ -79,6 +84,7 @@ class PathPoint:
     val_acc: float  #: NF-Acc of these Gaussians on the validation latents (NaN when diverged)
     seconds: float  #: wall time of the solve and its evaluation
     sep_ratio: float = math.nan  #: :func:`separation_ratio` of these Gaussians (the rule separation's measure)
+    evaluations: int = 0  #: evaluations of the fixed-point map (iterations + rejected steps + the first one)
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,7 @@ class LambdaPath:
     result: FPIResult  #: the fixed point at the chosen lambda (from the path)
     cold: dict[str, Any]  #: the cold solve at the chosen lambda: objective, iterations, same_point, distance
     stop: str = ""  #: why the path ended where it did (end of the grid, the boundary, or the rule's choice final)
+    anderson: int = 0  #: Anderson memory of the path's solves and of the cold check (0: the plain iteration)
 
     @property
     def total_iterations(self) -> int:
@@ -113,6 +120,7 @@ class LambdaPath:
             "total_iterations": self.total_iterations,
             "cold": dict(self.cold),
             "stop": self.stop,
+            "anderson": self.anderson,
         }
 
 
@@ -125,12 +133,13 @@ def geometric_grid(lam_min: float, lam_max: float, points: int) -> list[float]:
     return [float(lam_min * math.exp(r * i)) for i in range(points - 1)] + [float(lam_max)]
 
 
-def separation(means: torch.Tensor, variances: torch.Tensor) -> tuple[float, float]:
-    """Smallest and median pairwise KL between distinct classes (Eq. 3's KL; one matrix product)."""
+def separation(means: torch.Tensor, variances: torch.Tensor, *, kl: torch.Tensor | None = None) -> tuple[float, float]:
+    """Smallest and median pairwise KL between distinct classes (Eq. 3's KL; one matrix product, or ``kl``
+    when the caller has it already)."""
     k = means.shape[0]
     if k < 2:
         return math.nan, math.nan
-    kl = pairwise_kl(means.to(DTYPE), variances.to(DTYPE))
+    kl = pairwise_kl(means.to(DTYPE), variances.to(DTYPE)) if kl is None else kl
     off = kl[~torch.eye(k, dtype=torch.bool)]
     return float(off.min()), float(off.median())
 
@@ -152,7 +161,8 @@ def gaussian_accuracy(means: torch.Tensor, variances: torch.Tensor, z: torch.Ten
     return correct / z.shape[0]
 
 
-def separation_ratio(means: torch.Tensor, variances: torch.Tensor, spread: torch.Tensor) -> float:
+def separation_ratio(means: torch.Tensor, variances: torch.Tensor, spread: torch.Tensor, *,
+                     kl: torch.Tensor | None = None) -> float:
     """How far apart the Gaussians are against the spread of the classes: the rule ``separation``'s measure.
 
     ``min_{a != b} sqrt(2 KL(N_a || N_b)) / (r_a + r_b)`` with ``r_y = sqrt(sum_j s_yj / v_yj)``, ``s_y``
@@ -160,13 +170,14 @@ def separation_ratio(means: torch.Tensor, variances: torch.Tensor, spread: torch
     With equal variances ``sqrt(2 KL)`` is the whitened distance between the two means (Eq. 3's KL), and
     a class's latents lie at about ``r_y`` from their mean (a d-dimensional cloud concentrates on that
     radius): a ratio of 1 says that the two latent clouds, moved to their Gaussians by fine-tuning, no
-    longer overlap.  One matrix product (:func:`nfpi.fpi.pairwise_kl`); NaN for K < 2.
+    longer overlap.  One matrix product (:func:`nfpi.fpi.pairwise_kl`, or ``kl`` when the caller has it);
+    NaN for K < 2.
     """
     k = means.shape[0]
     if k < 2:
         return math.nan
     v = variances.to(DTYPE)
-    kl = pairwise_kl(means.to(DTYPE), v)
+    kl = pairwise_kl(means.to(DTYPE), v) if kl is None else kl
     r = torch.sqrt((spread.to(DTYPE) / v).sum(1))
     ratio = torch.sqrt(2.0 * kl) / (r[:, None] + r[None, :])
     return float(ratio[~torch.eye(k, dtype=torch.bool)].min())
@@ -275,8 +286,20 @@ def choose(points: Sequence[PathPoint], p: LambdaPathConfig, n_val: int) -> tupl
     return i, f"the largest lambda before {end}: lambda={points[i].lam:.4g}, " + acc.format(points[i].val_acc)
 
 
+#: Anderson memory of the path's solves (:func:`nfpi.fpi.solve_fpi_from_stats`'s ``anderson``).  The plain
+#: iteration converges linearly at a rate that nears 1 as lambda grows (413 iterations at lambda = 10^4 on
+#: digits); Anderson mixing of the last 5 map values needs about a quarter of them (docs/bench/lampath.md).
+#: The stopping test is the plain map's residual, so every point is certified as a plain solve's would be.
+ANDERSON = 5
+
+
 def _options(cfg: FPIConfig) -> dict[str, Any]:
     return {"config": cfg}  # the solver's options are the config's (keyword overrides beside it)
+
+
+def _evaluations(r: FPIResult) -> int:
+    """Evaluations of the fixed-point map a solve made: the first, one per accepted step, one per rejected one."""
+    return len(r.history) + int(sum(h.get("backtracks", 0.0) for h in r.history[1:]))
 
 
 def _distance(a: FPIResult, b: FPIResult) -> float:
@@ -315,7 +338,8 @@ def solve_path(
     The first point starts from ``start`` (e.g. the previous fine-tuning round's chosen Gaussians) or
     from ``cfg.init``; the second from the first fixed point; every later point from the secant
     prediction of the last two (:func:`_predict`; ``path.predictor: false``: the last fixed point).  Divergence is flagged,
-    never raised: the first diverging lambda is the boundary and the path stops there.  With ``path.stop_early``
+    never raised: the first diverging lambda is the boundary and the path stops there.  Each point is solved
+    with Anderson acceleration (:data:`ANDERSON`), the cold check at the chosen lambda too.  With ``path.stop_early``
     the path also stops where the rule's choice is final (:func:`stop_reason`); ``LambdaPath.stop`` says why.  ``z_val``,
     ``y_val`` are the validation latents and labels (the only data the choice sees).
     """
@@ -335,17 +359,18 @@ def solve_path(
         if len(results) >= 2 and p.predictor:
             x = _predict(results[-2], results[-1], math.log(grid[j - 2]), math.log(grid[j - 1]), math.log(lam), cfg)
         warm = {} if x is None else {"init_means": x[0], "init_variances": x[1]}
-        r = solve_fpi_from_stats(stats, lam=lam, **opts, **warm)
+        r = solve_fpi_from_stats(stats, lam=lam, **opts, **warm, anderson=ANDERSON)
         last = r.history[-1] if r.history else {}
         diverged = r.status == "diverged"
-        lo, med = separation(r.means, r.variances)
+        kl = pairwise_kl(r.means.to(DTYPE), r.variances.to(DTYPE)) if r.means.shape[0] > 1 else None  # once a point
+        lo, med = separation(r.means, r.variances, kl=kl)
         acc = math.nan if diverged else gaussian_accuracy(r.means, r.variances, z_val, y_val)
         res = float(last.get("residual", math.nan))
-        ratio = math.nan if diverged else separation_ratio(r.means, r.variances, stats.var)
+        ratio = math.nan if diverged else separation_ratio(r.means, r.variances, stats.var, kl=kl)
         pt = PathPoint(lam=lam, status=r.status, iterations=r.iterations,
                        objective=float(last.get("objective", math.nan)) if not diverged else math.nan,
                        residual=res, certified=r.status == "converged" and res <= cfg.tol, min_kl=lo, median_kl=med,
-                       val_acc=acc, seconds=time.perf_counter() - t0, sep_ratio=ratio)
+                       val_acc=acc, seconds=time.perf_counter() - t0, sep_ratio=ratio, evaluations=_evaluations(r))
         points.append(pt)
         results.append(r)
         if on_point is not None:
@@ -368,12 +393,16 @@ def solve_path(
     if i == 0 and start is None:  # the first point started from cfg.init: it is the cold solve, no second one needed
         cold, dist, cold_obj = chosen, 0.0, points[0].objective
     else:
-        cold = solve_fpi_from_stats(stats, lam=points[i].lam, **opts)
+        # from cfg.init, accelerated like the path: the check is about the start (another fixed point reached
+        # from it), and it costs a plain solve's iterations at large lambda (286 at 10^4 on 16x16 glyphs);
+        # tests and bench_lampath compare the accelerated points with plain cold solves at every lambda
+        cold = solve_fpi_from_stats(stats, lam=points[i].lam, **opts, anderson=ANDERSON)
         dist = _distance(chosen, cold) if cold.status != "diverged" else math.inf
         cold_obj = float(cold.history[-1]["objective"]) if cold.history else math.nan
     cold_rec = {"lam": points[i].lam, "status": cold.status, "iterations": cold.iterations, "objective": cold_obj,
                 "path_objective": points[i].objective, "distance": dist, "same_point": dist <= p.same_point_tol,
-                "seconds": time.perf_counter() - t0, "is_first_point": cold is chosen}
+                "seconds": time.perf_counter() - t0, "is_first_point": cold is chosen, "evaluations": _evaluations(cold),
+                "anderson": int(cold.settings.get("anderson", 0))}
     if not cold_rec["same_point"]:
         log.warning("lambda path: at lambda=%g the warm-started fixed point differs from a cold solve's (whitened "
                     "distance %.3g; objectives %.6g warm vs %.6g cold); the warm one is used (it is the continuation "
@@ -382,7 +411,7 @@ def solve_path(
     result = dataclasses.replace(chosen, settings=settings,
                                  message=f"lambda={points[i].lam:g} chosen by the lambda path: {reason}")
     return LambdaPath(points=tuple(points), grid=tuple(grid), boundary=boundary, chosen=points[i].lam, chosen_index=i,
-                      rule=rule_text(p), reason=reason, result=result, cold=cold_rec, stop=stop)
+                      rule=rule_text(p), reason=reason, result=result, cold=cold_rec, stop=stop, anderson=ANDERSON)
 
 
 def cold_grid(stats: ClassStats, cfg: FPIConfig, grid: Sequence[float]) -> list[FPIResult]:

@@ -89,6 +89,23 @@ def test_continuation_takes_fewer_iterations_than_cold_solves(name: str) -> None
     assert path.total_iterations < sum(c.iterations for c in cold)
 
 
+def test_the_path_and_its_cold_check_are_accelerated_and_the_record_says_so() -> None:
+    from nfpi.lampath import ANDERSON
+
+    stats, zv, yv = problem(seed=3)
+    cfg = from_mapping(FPIConfig, CFGS["mu_only"], where="fpi")
+    path = solve_path(stats, cfg, zv, yv)
+    d = path.to_dict()
+    assert ANDERSON > 0 and d["anderson"] == ANDERSON and d["cold"]["anderson"] == ANDERSON
+    assert path.result.settings["anderson"] == ANDERSON
+    for q in d["points"]:  # one evaluation a step at least, plus the first; rejected proposals on top
+        assert q["evaluations"] >= q["iterations"] + 1
+    # the plain iteration from the same cold start: the same fixed point, more iterations
+    plain = cold_grid(stats, cfg, [path.chosen])[0]
+    assert plain.status == "converged" and d["cold"]["iterations"] < plain.iterations
+    assert math.isclose(d["cold"]["objective"], plain.history[-1]["objective"], rel_tol=1e-9)
+
+
 def test_separation_grows_along_the_path() -> None:
     stats, zv, yv = problem(seed=2)
     path = solve_path(stats, from_mapping(FPIConfig, CFGS["mu_only"], where="fpi"), zv, yv)

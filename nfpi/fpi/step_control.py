@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from nfpi.fpi.config import FPIConfig
@@ -46,6 +48,65 @@ class _Eval:
         pv = self.pi_value if pi_value is None else pi_value
         e = torch.exp(-self.kl / (pv * self.alpha)).fill_diagonal_(0.0)
         return self.nll + self.c * float(e.sum())
+
+
+@dataclass
+class _Anderson:
+    """Anderson acceleration (type II; Walker & Ni 2011, SIAM J. Numer. Anal. 49(4)) of a fixed-point map ``T``.
+
+    The iterate is written as a vector ``u``; ``coords`` gives, at an iterate ``x``, the coordinates ``g`` of
+    ``T(x)`` and the residual ``f = (g - u) w`` weighted as the solver's whitened residual.  From the last
+    ``memory + 1`` iterates it proposes ``u' = g_k - dG gamma`` with ``gamma = argmin |f_k - dF gamma|``
+    (``f = (g - u) w``; ``dF``, ``dG`` the differences of consecutive ``f``, ``g``): the combination of the
+    recent map values whose linearised residual is smallest.  On a linearly converging iteration (rate
+    close to 1, as Prop. 1's at large lambda) this needs a fraction of the plain iteration's steps.  It only
+    *proposes*: :func:`_drive` evaluates ``T`` at the proposal and keeps it under the same acceptance test as
+    a relaxed step, so the fixed point and its certificate (residual <= tol) are the plain iteration's.
+    """
+
+    memory: int  #: number of differences kept (m); 0 would be the plain iteration
+    coords: Callable[[Any, _Eval], tuple[np.ndarray, np.ndarray]]  #: (g, f) of an iterate, flat float64
+    point: Callable[[torch.Tensor, Any], Any]  #: the iterate of coordinates u (the second argument: the last iterate)
+    _g: list[np.ndarray] = field(default_factory=list)  #: map values g of the recorded iterates
+    _f: list[np.ndarray] = field(default_factory=list)  #: their weighted residuals f
+    _dg: list[np.ndarray] = field(default_factory=list)  #: differences of consecutive g (at most memory)
+    _df: list[np.ndarray] = field(default_factory=list)  #: differences of consecutive f
+    _x: Any = None
+
+    def push(self, x: Any, ev: _Eval) -> None:
+        """Record an accepted iterate and its map value (differences beyond ``memory`` are dropped)."""
+        g, f = self.coords(x, ev)
+        if self._f:
+            self._dg.append(g - self._g[-1])
+            self._df.append(f - self._f[-1])
+            del self._dg[:-self.memory], self._df[:-self.memory]
+        self._g[:], self._f[:], self._x = [g], [f], x
+
+    def reset(self) -> None:
+        """Forget the differences (after a rejected proposal: the history misled the model); keep the last iterate."""
+        self._dg.clear()
+        self._df.clear()
+
+    def propose(self) -> Any | None:
+        """The accelerated next iterate, or None while no difference is recorded.
+
+        The least-squares problem is m x m (normal equations of the differences scaled to unit norm, a
+        ridge of 1e-14 against near-parallel ones); numpy, because at this size torch's per-call overhead would cost
+        more than the solve.
+        """
+        if not self._df:
+            return None
+        df = np.array(self._df)  # [m, n]
+        scale = np.sqrt(np.einsum("ij,ij->i", df, df)) + 1e-300  # unit rows: the Gram matrix's condition improves
+        df /= scale[:, None]
+        gram = df @ df.T
+        gram.flat[:: len(gram) + 1] += 1e-14
+        try:
+            gamma = np.linalg.solve(gram, df @ self._f[-1]) / scale
+        except np.linalg.LinAlgError:
+            return None
+        u = self._g[-1] - gamma @ np.array(self._dg)
+        return self.point(torch.from_numpy(u), self._x) if bool(np.isfinite(u).all()) else None
 
 
 def _check_common(cfg: FPIConfig) -> None:
@@ -114,6 +175,7 @@ def _drive(
     residual: Any,
     at_bound: Any,
     o: FPIConfig,
+    accel: _Anderson | None = None,
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], int, str, str, list[dict[str, float]]]:
     """Relaxed fixed-point loop with step control and divergence detection (both solvers).
 
@@ -121,6 +183,11 @@ def _drive(
     the objective with ``pi`` held at the current iterate (the update direction is a descent
     direction of that objective, docs/method.md, so a small enough ``s`` always qualifies away
     from a stationary point).  ``step_control="none"`` accepts every finite step (``s = 1``).
+
+    With ``accel`` (:class:`_Anderson`) each iteration first tries the accelerated proposal under the same
+    test; a rejected proposal counts as one backtrack (one map evaluation), clears the acceleration's
+    history and the relaxed step is tried as without it.  The history then marks accelerated steps
+    (``"anderson": 1``).  Without ``accel`` the loop is unchanged (same iterates, same history).
     """
     lam, pi, alpha = float(o.lam), o.pi, o.alpha  # lam "auto" never gets here: _check_common refuses it
     if o.step_control not in ("backtrack", "none"):
@@ -141,13 +208,29 @@ def _drive(
     if not math.isfinite(res):
         return x, 0, "diverged", fail("the first update is not finite (A <= 0 in Eq. 6?)", 0), history
     best, step, bound_run = res, float(o.step_init), 0
+    if accel is not None:
+        accel.push(x, ev)
     # a bar on a terminal, rate-bounded log lines otherwise (nfpi.progress); every return closes it
     with progress(total=o.max_iter, desc=f"FPI lam={lam:g} pi={pi}", unit="it", logger=log) as bar:
         for it in range(1, o.max_iter + 1):
             if res <= o.tol:
                 return x, it - 1, "converged", f"residual {res:.3g} <= tol {o.tol:g}", history
-            backtracks = 0
-            while True:
+            backtracks, jumped = 0, False
+            # no acceleration at a variance bound: the plain steps there are what the bound-patience test reads
+            cand = accel.propose() if accel is not None and bound_run == 0 else None
+            if cand is not None:  # the accelerated proposal, under the relaxed step's acceptance test
+                ev_new = evaluate(cand)
+                res_new = residual(cand, ev_new)
+                # stricter than a relaxed step: the residual must fall *and* the objective (pi held) must not
+                # rise beyond rounding, so acceleration cannot trade one against the other and cycle
+                jumped = (math.isfinite(res_new) and res_new < res
+                          and ev_new.objective(ev.pi_value) <= obj + 1e-12 * abs(obj))
+                if jumped:
+                    x_new, accepted = cand, True
+                else:
+                    backtracks = 1
+                    accel.reset()
+            while not jumped:
                 x_new = relax(x, ev, step)
                 ev_new = evaluate(x_new)
                 res_new = residual(x_new, ev_new)
@@ -172,6 +255,9 @@ def _drive(
                 return x, it - 1, "diverged", fail(reason, it), history
             x, ev, res, obj = x_new, ev_new, res_new, ev_new.objective()
             history.append({"objective": obj, "residual": res, "step": step, "backtracks": float(backtracks)})
+            if accel is not None:
+                accel.push(x, ev)
+                history[-1]["anderson"] = float(jumped)
             bar.update()
             bar.set(residual=res, step=step)
             best = min(best, res)
