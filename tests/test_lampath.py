@@ -147,8 +147,8 @@ def pt(lam: float, acc: float, ok: bool = True, ratio: float = 0.0) -> PathPoint
     return PathPoint(lam, "converged" if ok else "max_iter", 5, 1.0, 0.0, ok, 1.0, 2.0, acc, 0.0, ratio)
 
 
-def rule(name: str, tie_tol: float | str = 0.0, sep: float = 1.0) -> LambdaPathConfig:
-    return LambdaPathConfig(rule=name, tie_tol=tie_tol, separation=sep)  # type: ignore[arg-type]
+def rule(name: str, tie_tol: float | str = 0.0, sep: float = 1.0, guard: bool = True) -> LambdaPathConfig:
+    return LambdaPathConfig(rule=name, tie_tol=tie_tol, separation=sep, guard=guard)  # type: ignore[arg-type]
 
 
 def test_rule_accuracy_ties_go_to_the_smaller_lambda() -> None:
@@ -187,6 +187,21 @@ def test_rule_separation_takes_the_first_lambda_reaching_the_target_within_the_a
     assert i == 1 and "not reached" in reason and stop_reason(guarded, p, 100)
     # the target never reached: the largest lambda of the path
     assert choose(pts[:2], p, 100)[0] == 1 and stop_reason(pts[:2], p, 100) == ""
+
+
+def test_rule_separation_without_the_guard_ignores_the_pretrained_accuracy() -> None:
+    """The default (fpi.path.guard false): a falling validation NF-Acc neither ends the path nor moves the choice;
+    the choice is a function of the separation ratios alone."""
+    p = rule("separation", 0.05, sep=1.0, guard=False)
+    assert LambdaPathConfig().guard is False
+    falling = [pt(1, 0.9, ratio=0.2), pt(10, 0.88, ratio=0.6), pt(100, 0.7, ratio=0.9), pt(1000, 0.5, ratio=1.1)]
+    i, reason = choose(falling, p, 100)
+    assert i == 3 and "1.1 >= 1" in reason and "not used" in reason
+    assert [bool(stop_reason(falling[:j], p, 100)) for j in range(1, 5)] == [False, False, False, True]
+    rising = [pt(1, 0.1, ratio=0.2), pt(10, 0.3, ratio=0.6), pt(100, 0.9, ratio=0.9), pt(1000, 0.95, ratio=1.1)]
+    assert choose(rising, p, 100)[0] == i
+    # never reached: the largest certified lambda, whatever its accuracy
+    assert choose(falling[:3], p, 100)[0] == 2 and stop_reason(falling[:3], p, 100) == ""
 
 
 def test_se_tolerance_is_one_binomial_standard_error() -> None:

@@ -30,10 +30,11 @@ class LambdaPathConfig:
     """The lambda path of ``fpi.lam: auto`` (nfpi.lampath): a geometric grid solved by continuation."""
 
     lam_min: float = 1.0  #: first lambda of the geometric grid
-    lam_max: float = 10000.0  #: last lambda of the grid (the path stops earlier where the FPI diverges)
-    points: int = 13  #: grid points from lam_min to lam_max, equally spaced in log lambda
+    lam_max: float = 1.0e6  #: last lambda of the grid (the path stops earlier where the FPI diverges or the rule's choice is final)
+    points: int = 19  #: grid points from lam_min to lam_max, equally spaced in log lambda (19: three per decade)
     rule: Literal["separation", "largest", "accuracy"] = "separation"  #: how the path chooses lambda (nfpi.lampath)
-    separation: float = 1.0  #: rule separation's target for the closest pair: distance / sum of the two class radii
+    separation: float = 2.0  #: rule separation's target for the closest pair: distance / sum of the two class radii
+    guard: bool = False  #: rule separation: also stop where the validation NF-Acc of the pretrained latents falls out of tie_tol (it does not predict the fine-tuned NF-Acc)
     tie_tol: float | Literal["se"] = "se"  #: NF-Acc within this of the best is a tie; se: one binomial standard error
     stop_early: bool = True  #: stop where the rule's choice is final (false: solve the whole grid; same choice)
     same_point_tol: float = 1e-4  #: whitened distance under which the warm and the cold fixed point are the same
