@@ -185,6 +185,8 @@ def table_settings(config: Mapping[str, Any]) -> dict[str, list[str]]:
         tables["table1"] = ["baseline1"] + [f"gd_{p}" for p in policies] + joint + ["nfpi"]
     if exp.get("lambdas"):
         tables["table2"] = [lambda_setting_name(config, lam) for lam in exp["lambdas"]]
+        if config["fpi"].get("lam") == "auto":  # the path's choice beside the sweep: NFPI's own row, no extra job
+            tables["table2"].append("nfpi")
     if exp.get("ablation", True):
         tables["table3"] = [name for _, name in ablation_rows(config)]
     return tables

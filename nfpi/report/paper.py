@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import csv
 import html
+import json
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from nfpi.data import dataset_title
-from nfpi.experiments import (GD_POLICIES, ablation_rows, aug_variants, lambda_setting_name, lineage_hash,
+from nfpi.experiments import (GD_POLICIES, ablation_rows, aug_variants, lineage_hash,
                               settings_from_config, table_settings)
 from nfpi.report.tables import Cell, Table, cell_from, load_metrics, lookup
 from nfpi.share import SharedRows
@@ -97,23 +98,31 @@ def table1(cfg: Mapping[str, Any], r: Path, names: list[str], stamp: dict[str, s
 
 def table2(cfg: Mapping[str, Any], r: Path, stamp: dict[str, str], sh: SharedRows | None = None) -> Table:
     sh = sh or SharedRows()
-    lams = list(cfg["experiments"]["lambdas"])
+    names = table_settings(cfg)["table2"]  # the sweep, then (fpi.lam: auto) the lambda path's choice
     metrics = []
-    for lam in lams:
-        s = lambda_setting_name(cfg, lam)
+    for s in names:
         f, m = _load(cfg, r, sh, "metrics", s)
         fc, mc = _load(cfg, r, sh, "cnn", s)
-        metrics.append((lam, f, m, fc, mc))
-    best = max(metrics, key=lambda t: lookup(t[2], "val.nf_acc") or -1.0)[0]
-    rows = [[Cell(f"{lam:g}" + (" (best val)" if lam == best else "")), cell_from(m, f, "test.nf_acc", scale=PCT),
+        metrics.append((_table2_label(cfg, r, s), f, m, fc, mc))
+    best = max(range(len(metrics)), key=lambda i: lookup(metrics[i][2], "val.nf_acc") or -1.0)
+    rows = [[Cell(label + (" (best val)" if i == best else "")), cell_from(m, f, "test.nf_acc", scale=PCT),
              cell_from(mc, fc, "test.top1", scale=PCT), cell_from(m, f, "val.nf_acc", scale=PCT), Cell(_status_note(m))]
-            for lam, f, m, fc, mc in metrics]
+            for i, (label, f, m, fc, mc) in enumerate(metrics)]
     return Table("table2", f"Table 2: NF-Acc and CNN-Acc for increasing lambda ({_title(cfg)})",
                  ["lambda", "NF-Acc test (%)", "CNN-Acc test (%)", "NF-Acc val (%)", "FPI"], rows,
                  ["CNN-Acc: a ResNet18 trained only on images sampled from the fine-tuned flow "
                   f"({cfg['sample']['per_class']} per class, T = {cfg['sample']['temperature']}), tested on the real "
                   "test split.", "lambda is selected on the validation split (marked); test numbers are only reported."]
-                 + sh.note([lambda_setting_name(cfg, lam) for lam in lams]), stamp)
+                 + sh.note(names), stamp)
+
+
+def _table2_label(cfg: Mapping[str, Any], r: Path, setting: str) -> str:
+    """Table 2's lambda cell: the sweep's value, or for the path's row the lambda it chose (its solve record)."""
+    if setting != "nfpi" or cfg["fpi"].get("lam") != "auto":
+        return f"{float(setting[3:]) if setting.startswith('lam') else float(cfg['fpi']['lam']):g}"
+    f = r / "gaussians" / "nfpi.json"
+    lam = json.loads(f.read_text()).get("lam") if f.is_file() else None
+    return f"{lam:.4g} (lambda path)" if isinstance(lam, (int, float)) else "auto (lambda path; not run)"
 
 
 def _ablation_lam(cfg: Mapping[str, Any]) -> float | str:
