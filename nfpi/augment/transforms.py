@@ -32,21 +32,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nfpi.augment.config import AugmentConfig, StandardAugConfig
+from nfpi.augment.config import StandardAugConfig
 from nfpi.progress import progress
 
-__all__ = [
-    "AugmentConfig",
-    "class_principal_axes",
-    "pca_mixup",
-    "same_class_partners",
-    "draw_pairs",
-    "nf_augment",
-    "random_crop_flip",
-    "StandardAugConfig",
-    "build_sample_transform",
-    "build_batch_mixer",
-]
+# The public names are listed once, in nfpi.augment.__all__ (the package loads this module on first use of one).
 
 log = logging.getLogger(__name__)
 

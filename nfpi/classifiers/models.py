@@ -37,11 +37,8 @@ from torch import Tensor, nn
 from nfpi.augment.transforms import build_batch_mixer, build_sample_transform, random_crop_flip
 from nfpi.classifiers.config import (
     DEFAULT_EVA02_PRETRAINED,
-    PRESETS,
     ClassifierConfig,
     _missing_weights,
-    check_pretrained_file,
-    classifier_config,
 )
 from nfpi.config import ConfigError
 from nfpi.io import append_jsonl
@@ -49,19 +46,7 @@ from nfpi.progress import progress
 from nfpi.runtime import autocast, seed_everything, select_device
 from nfpi.seeds import stream_seed
 
-__all__ = [
-    "ClassifierConfig",
-    "PRESETS",
-    "classifier_config",
-    "check_pretrained_file",
-    "Classifier",
-    "PretrainedLoadError",
-    "register_classifier",
-    "available_classifiers",
-    "build_classifier",
-    "train_classifier",
-    "evaluate_classifier",
-]
+# The public names are listed once, in nfpi.classifiers.__all__ (the package loads this module on first use of one).
 
 log = logging.getLogger(__name__)
 

@@ -44,20 +44,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from nfpi.data.config import SPLITS, USER_SOURCES, DataConfig, DataError, DatasetName, dataset_title
+from nfpi.data.config import SPLITS, DataConfig, DataError, DatasetName
 from nfpi.io import atomic_path, atomic_write_json, read_json
 from nfpi.progress import progress
 
-__all__ = [
-    "DataError",
-    "DataConfig",
-    "SPLITS",
-    "prepare_dataset",
-    "PreparedData",
-    "stratified_carve",
-    "USER_SOURCES",
-    "dataset_title",
-]
+# The public names are listed once, in nfpi.data.__all__ (the package loads this module on first use of one).
 
 log = logging.getLogger(__name__)
 

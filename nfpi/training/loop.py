@@ -56,28 +56,9 @@ from nfpi.flow_augment import AugmentDraw, apply_augment
 from nfpi.io import append_jsonl, atomic_path, to_jsonable
 from nfpi.runtime import autocast, progress
 from nfpi.seeds import derive_seed
-from nfpi.training.config import FinetuneConfig, TrainConfig, round_steps
+from nfpi.training.config import TrainConfig
 
-__all__ = [
-    "FinetuneConfig",
-    "round_steps",
-    "TrainConfig",
-    "TrainResult",
-    "TrainedFlow",
-    "TrainingStopped",
-    "STOP_SIGNALS",
-    "train_flow",
-    "load_trained_flow",
-    "StartWeights",
-    "resume_path",
-    "lr_at",
-    "global_batch_indices",
-    "batch_noise",
-    "load_batch",
-    "dequantize_batch",
-    "training_inputs",
-    "batch_augment",
-]
+# The public names are listed once, in nfpi.training.__all__ (the package loads this module on first use of one).
 
 logger = logging.getLogger(__name__)
 
