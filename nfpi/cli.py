@@ -30,12 +30,38 @@ T = TypeVar("T")
 log = logging.getLogger("nfpi.stage")
 
 
-def stage_parser(description: str) -> argparse.ArgumentParser:
-    """An argument parser with the options every stage takes."""
+# The paths several stages take, written once: option name -> (flag, argparse keywords).  A stage names the ones
+# it takes in stage_parser(..., data_dir=True, out="what it is"); a string replaces the default help.
+_COMMON: dict[str, tuple[str, dict[str, Any]]] = {
+    "data_dir": ("--data-dir", {"required": True, "help": "the prepared data folder (data/, from stage prepare)"}),
+    "checkpoint": ("--checkpoint", {"required": True, "help": "a trained flow checkpoint (flows/<setting>.pt)"}),
+    "out": ("--out", {"required": True, "help": "the output file"}),
+    "out_dir": ("--out-dir", {"required": True, "help": "the output folder"}),
+    "tables_dir": ("--tables-dir", {"required": True,
+                                    "help": "where the table goes (<name>.md, .csv, .tex, .html, .sources.json)"}),
+    "name": ("--name", {"default": "", "help": "the setting's name (for logs and records)"}),
+}
+
+
+def stage_parser(description: str, **common: bool | str) -> argparse.ArgumentParser:
+    """An argument parser with the options every stage takes, plus the shared paths named in ``common``.
+
+    ``common`` maps a key of ``_COMMON`` (``data_dir``, ``checkpoint``, ``out``, ``out_dir``, ``tables_dir``,
+    ``name``) to ``True`` (its default help) or to the stage's own help text::
+
+        p = stage_parser(__doc__, checkpoint=True, data_dir=True, out=".npz of samples")
+    """
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", default="{}", help="JSON object of config slices, e.g. '{\"fpi\": {...}}'")
     p.add_argument("--config-hash", default="", help="lineage hash stamped on outputs (set by the workflow)")
     p.add_argument("--threads", type=int, default=0, help="intra-op CPU threads (0: torch default)")
+    for key, spec in common.items():
+        if key not in _COMMON:
+            raise TypeError(f"stage_parser: unknown shared option {key!r}; known: {', '.join(_COMMON)}")
+        if spec is False:
+            continue
+        flag, kwargs = _COMMON[key]
+        p.add_argument(flag, **{**kwargs, **({"help": spec} if isinstance(spec, str) else {})})
     return p
 
 
@@ -90,12 +116,19 @@ def provenance(config_hash: str) -> dict[str, Any]:
 
 
 def start_stage(args: argparse.Namespace, name: str) -> None:
-    """Logging, threads and a header line naming the job (and its SLURM job id, if any)."""
-    from nfpi.runtime import flush_denormals, keep_freed_memory, set_threads, setup_logging
+    """Logging, threads and a header line naming the job (and its SLURM job id, if any).
+
+    The thread count and denormal flushing are torch settings, applied when the stage first imports torch
+    (:func:`nfpi.runtime.when_torch_loads`): a stage that never needs torch does not import it.
+    """
+    from nfpi.runtime import flush_denormals, keep_freed_memory, set_threads, setup_logging, when_torch_loads
+
+    def torch_settings() -> None:
+        set_threads(args.threads)
+        flush_denormals()
 
     setup_logging()
-    set_threads(args.threads)
-    flush_denormals()
+    when_torch_loads(torch_settings)
     keep_freed_memory()
     job = os.environ.get("SLURM_JOB_ID")
     log.info(

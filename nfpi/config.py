@@ -18,13 +18,11 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from nfpi.errors import ConfigError  # re-exported: the user-facing errors live in nfpi.errors (torch-free)
+
 __all__ = ["ConfigError", "from_mapping", "config_hash"]
 
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A config key is unknown, misspelt or has a value of the wrong type."""
 
 
 def _suggest(key: str, known: list[str]) -> str:

@@ -12,19 +12,24 @@ from typing import Any
 
 
 def lazy_exports(
-    package: str, table: dict[str, str], namespace: dict[str, Any]
+    package: str, table: dict[str, str], namespace: dict[str, Any], rest: str | None = None
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """``(__getattr__, __dir__)`` for ``package``: ``table`` maps an exported name to its submodule.
 
     A name is imported from ``package.<submodule>`` on first access and cached in ``namespace`` (the
-    package's ``globals()``), so later lookups never reach ``__getattr__``.
+    package's ``globals()``), so later lookups never reach ``__getattr__``.  ``rest`` names the submodule
+    that answers every other public name: a former single-file module split into a torch-free ``config``
+    and the rest keeps every name it had (``from nfpi.training import batch_noise``).
     """
 
     def __getattr__(name: str) -> Any:
-        if name in table:
-            value = getattr(importlib.import_module(f"{package}.{table[name]}"), name)
-            namespace[name] = value
-            return value
+        sub = table.get(name) or (rest if rest is not None and not name.startswith("__") else None)
+        if sub is not None:
+            module = importlib.import_module(f"{package}.{sub}")
+            if hasattr(module, name):
+                value = getattr(module, name)
+                namespace[name] = value
+                return value
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     def __dir__() -> list[str]:

@@ -1,26 +1,39 @@
-"""Process-level runtime helpers: seeding, device choice, mixed precision, logging (progress: nfpi.progress)."""
+"""Process-level runtime helpers: seeding, device choice, mixed precision, logging (progress: nfpi.progress).
+
+Importing this module does not import torch: a stage that never touches torch (``tabulate``,
+``resolved_config``, ``curves``) should not pay seconds of CPU for it.  The process settings that only
+matter to torch (intra-op threads, denormals) are applied by :func:`when_torch_loads` right after torch
+is first imported, or at once when it already is.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.abc
+import importlib.util
 import logging
 import os
 import random
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-
-import numpy as np
-import torch
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from nfpi.progress import progress  # re-exported: the one progress helper lives in nfpi.progress
 
-__all__ = ["seed_everything", "select_device", "autocast", "setup_logging", "progress", "set_threads", "flush_denormals", "keep_freed_memory", "cpu_has_bf16"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["seed_everything", "select_device", "autocast", "setup_logging", "progress", "set_threads", "flush_denormals", "keep_freed_memory", "cpu_has_bf16", "when_torch_loads"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch (all devices); return a CPU generator seeded the same way."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -29,6 +42,8 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def select_device(name: str = "auto") -> torch.device:
     """``"auto"`` picks CUDA when a device is visible (LOCAL_RANK selects it under torchrun), else CPU."""
+    import torch
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -41,6 +56,8 @@ def select_device(name: str = "auto") -> torch.device:
 
 def cpu_has_bf16() -> bool:
     """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX); elsewhere it emulates, slowly."""
+    import torch
+
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -61,6 +78,8 @@ def autocast(device: torch.device, precision: str = "fp32") -> Iterator[None]:
     with a warning (a paper config written for GPUs still runs there).
     """
     global _warned_bf16_fallback
+    import torch
+
     if precision == "bf16" and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())):
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
             yield
@@ -81,6 +100,8 @@ def flush_denormals() -> None:
     handles ~100x slower (a CIFAR training step went from 3 s to 13 s).  Values below 1e-38 become
     0: no effect on results.  Process-wide, so stage processes call it, not the library.
     """
+    import torch
+
     torch.set_flush_denormal(True)
 
 
@@ -116,8 +137,54 @@ def set_threads(threads: int | None) -> None:
     the cores (a 2-process CPU pretraining used 25x the CPU time of one process).
     """
     if threads:
+        import torch
+
         local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
         torch.set_num_threads(max(1, int(threads) // local))
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """A one-shot post-import hook: ``callback()`` runs right after module ``name`` has been executed.
+
+    It finds the module's spec through the rest of ``sys.meta_path`` (having removed itself, so it never
+    sees its own lookup) and wraps that loader's ``exec_module`` for this one import.
+    """
+
+    def __init__(self, name: str, callback: Callable[[], None]) -> None:
+        self.name, self.callback = name, callback
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None) -> Any:
+        if fullname != self.name:
+            return None
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        loader = spec.loader if spec is not None else None
+        if loader is None or not hasattr(loader, "exec_module"):
+            self.callback()  # nothing to wrap (a namespace or built-in module): the settings need torch anyway
+            return spec
+        run_module = loader.exec_module
+
+        def exec_module(module: ModuleType) -> None:
+            loader.exec_module = run_module  # type: ignore[method-assign]  (wrapped for this one import only)
+            run_module(module)
+            self.callback()
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def when_torch_loads(callback: Callable[[], None]) -> None:
+    """Run ``callback`` now if torch is imported, else right after the process first imports it.
+
+    A stage's thread count and denormal flushing are torch settings: applying them on torch's first
+    import gives torch stages exactly the settings they had (before any tensor exists) and costs the
+    torch-free stages nothing.
+    """
+    if "torch" in sys.modules:
+        callback()
+        return
+    sys.meta_path.insert(0, _AfterImport("torch", callback))
 
 
 def setup_logging(log_file: str | os.PathLike[str] | None = None, level: int = logging.INFO) -> None:

@@ -377,13 +377,16 @@ def _classifier_sections(v: _View) -> list[str]:
 def _rule_classifiers(v: _View) -> None:
     """Each classifier run (cnn; swin, eva02 when on) has a known arch, max_lr >= lr under onecycle, a
     model_kwargs.model_name that timm knows, and its pretrained_file exists when set."""
-    from nfpi.classifiers import available_classifiers, check_pretrained_file, classifier_config
+    from nfpi.classifiers import BUILTIN_CLASSIFIERS, check_pretrained_file, classifier_config
 
     for sec in _classifier_sections(v):
         cfg = classifier_config(sec, v.section(sec))
-        if cfg.arch not in available_classifiers():
-            raise _error(f"{sec}.arch", cfg.arch,
-                         f"unknown classifier; {_did_you_mean(cfg.arch, available_classifiers())}")
+        if cfg.arch not in BUILTIN_CLASSIFIERS:  # only then ask the registry (it imports torch; the DAG does not)
+            from nfpi.classifiers import available_classifiers
+
+            if cfg.arch not in available_classifiers():
+                raise _error(f"{sec}.arch", cfg.arch,
+                             f"unknown classifier; {_did_you_mean(cfg.arch, available_classifiers())}")
         if cfg.schedule == "onecycle" and cfg.max_lr < cfg.lr:
             raise _error(f"{sec}.max_lr", cfg.max_lr, f"must be >= {sec}.lr = {cfg.lr:g} (the one-cycle schedule "
                                                       "rises from lr to max_lr)")
@@ -400,8 +403,8 @@ def _rule_classifiers(v: _View) -> None:
                            "experiments": {sec: v[f"experiments.{sec}"] for sec in ("swin", "eva02")}})
 
 
-#: The cross-key rules, in the order they run (each docstring is the rule; docs/config.md lists them). The
-#: last two import torch (the flow and classifier registries); the others fail a bad config without it.
+#: The cross-key rules, in the order they run (each docstring is the rule; docs/config.md lists them). None
+#: imports torch for a built-in flow or classifier; the last two ask the registries (torch) for another name.
 RULES: tuple[Rule, ...] = (_rule_rounds, _rule_warmup, _rule_gpu_batches, _rule_data_files, _rule_fpi_bounds,
                            _rule_experiments, _rule_flow_layout, _rule_classifiers)
 

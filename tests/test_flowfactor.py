@@ -274,6 +274,7 @@ def test_frozen_config_is_dataclass() -> None:
 def test_stage_helpers_table_and_figure(digits: tuple[torch.Tensor, torch.Tensor], trained, tmp_path) -> None:  # noqa: ANN001
     """The stage's pieces on the trained fixture: identification, classifier comparison (with NFPI's PCA
     mixup through nfpi.augment), the table and the figure."""
+    from nfpi.report.tables import lookup, write_table
     from nfpi.stages import flowfactor as factorize
 
     cfg, codec, res = trained
@@ -299,9 +300,19 @@ def test_stage_helpers_table_and_figure(digits: tuple[torch.Tensor, torch.Tensor
         "inputs": {"flow": "identity"}, "eval_images": 30, "train_seconds": res.seconds,
         "provenance": {"config_hash": "abc", "git_revision": "x"},
     }
-    md, csv_text = factorize.build_table(metrics)
+    table = factorize.build_table(metrics, source="flowfactor/metrics.json", stamp={"config_hash": "abc"})
+    md_path, csv_path = write_table(table, tmp_path / "tables")[:2]
+    md, csv_text = md_path.read_text(), csv_path.read_text()
     assert md.count("| equivariance") == 2 and "rotate+intensity" in md
-    assert len(csv_text.strip().splitlines()) == md.count("\n| ") - 0  # one CSV row per table row (+ header)
+    # one Markdown and one CSV row per table row, plus the header (and in the CSV the stamp)
+    assert md.count("\n| ") == len(table.rows) + 1 and len(csv_text.strip().splitlines()) == len(table.rows) + 2
+    # every number comes from the metrics it names (the sources file records the key)
+    for row in table.rows:
+        for cell in row:
+            if isinstance(cell.value, float) and cell.key is not None:
+                want = lookup(metrics, cell.key)
+                want = want[-1] if isinstance(want, list) else want  # a per-step list: the table shows step T
+                assert cell.value in (want, 100 * want), cell.key
     fig = tmp_path / "fig.png"
     factorize.trajectory_figure(fig, codec, res.bank, ev, cfg)
     assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -341,8 +352,11 @@ def test_stage_end_to_end_on_pixel_space(tmp_path) -> None:  # noqa: ANN001
     assert metrics["provenance"]["config_hash"] == "h123"
     for m in metrics["equivariance"].values():
         assert m["flow"] < m["noflow"]
-    assert (tables / "flowfactor.md").read_text().startswith("# Flow-factorized")
+    assert (tables / "flowfactor.md").read_text().startswith("### Flow-factorized")
     assert (tables / "flowfactor.csv").read_text().startswith("section,item")
+    sources = json.loads((tables / "flowfactor.sources.json").read_text())
+    assert sources["stamp"]["config_hash"] == "h123" and sources["cells"]
+    assert all(c["source"] == str(out / "metrics.json") for c in sources["cells"])
     assert fig.stat().st_size > 1000 and (out / "potentials.pt").exists()
     assert not list(out.glob(".*.tmp"))  # nothing half-written left behind
 

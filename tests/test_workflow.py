@@ -92,6 +92,25 @@ def test_editing_alpha_leaves_baseline1_alone_and_figures_leave_the_tables(tiny_
     assert "tables/README.md" not in planned and not any(f.startswith(("flows/", "metrics/")) for f in planned)
 
 
+def test_tabulate_rebuilds_the_tables_without_torch(tiny_run: Path, tmp_path: Path) -> None:
+    """``python -m nfpi tabulate`` on the tiny run's real metrics, as the rule calls it: the same tables, and the
+    process never imported torch (tests/test_torch_free.py checks the DAG and the other torch-free stages)."""
+    from nfpi.experiments import tables_slice
+
+    from tests.importcheck import run_module
+
+    r = tiny_run / "results" / "tiny"
+    cfg = yaml.safe_load((r / "config.resolved.yaml").read_text())
+    args = ["tabulate", "--config", json.dumps(tables_slice(cfg), sort_keys=True), "--results", "results/tiny",
+            "--out-dir", str(tmp_path / "tables")]
+    if (r / "gaussians" / "shared.json").is_file():
+        args += ["--shared", "results/tiny/gaussians/shared.json"]
+    _, modules = run_module("nfpi", args, tiny_run)
+    assert "nfpi.stages.tabulate" in modules and "torch" not in modules
+    for name in ("table1.md", "table2.csv", "README.md"):
+        assert (tmp_path / "tables" / name).read_text() == (r / "tables" / name).read_text(), name
+
+
 def test_misspelt_key_fails_before_any_job(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("run: bad\nfpi:\n  lamda: 3.0\n")

@@ -1,6 +1,6 @@
 """The flowfactor experiment's table and trajectory figure (docs/flowfactor.md).
 
-    >>> md, csv_text = build_table(metrics)                                # doctest: +SKIP
+    >>> write_table(build_table(metrics, source="flowfactor/metrics.json", stamp={}), "tables")  # doctest: +SKIP
     >>> trajectory_figure(Path("figures/flowfactor_trajectories.png"), codec, bank, images, cfg)  # doctest: +SKIP
 """
 
@@ -14,6 +14,7 @@ from torch import Tensor
 
 from nfpi.flowfactor.fields import FlowFactorConfig, LatentCodec, PotentialBank, apply_flow_images, transform_images
 from nfpi.io import atomic_path
+from nfpi.report.tables import Cell, Table, cell_from
 
 __all__ = ["build_table", "trajectory_figure"]
 
@@ -65,52 +66,63 @@ def trajectory_figure(path: Path, codec: LatentCodec, bank: PotentialBank, image
     plt.close(fig)
 
 
-def build_table(metrics: dict[str, Any]) -> tuple[str, str]:
-    """Markdown and CSV of the stage's numbers (pixel MSE in [0, 1] units; accuracies in %)."""
-    rows: list[tuple[str, str, str, str, str]] = []  # section, item, flow, baseline(s), note
+def build_table(metrics: dict[str, Any], *, source: str, stamp: dict[str, str]) -> Table:
+    """The ``flowfactor`` table (pixel MSE in [0, 1] units; accuracies in %): every number sourced from ``source``
+    (the stage's metrics.json, whose keys ``metrics`` holds), written like the paper's tables by
+    :func:`nfpi.report.tables.write_table`."""
+    src = source
+
+    def num(key: str, fmt: str, scale: float = 1.0) -> Cell:
+        return cell_from(metrics, src, key, scale=scale, fmt=fmt)
+
+    rows: list[list[Cell]] = []  # section, item, flow, baseline(s), note
     eq = metrics["equivariance"]
-    for name, m in eq.items():
-        rows.append(("equivariance (steps 1..T)", name, f"{m['flow']:.5f}", f"{m['noflow']:.5f}", f"{m['linear']:.5f}"))
+    for name in eq:
+        k = f"equivariance.{name}"
+        rows.append([Cell("equivariance (steps 1..T)"), Cell(name), num(f"{k}.flow", "{:.5f}"),
+                     num(f"{k}.noflow", "{:.5f}"), num(f"{k}.linear", "{:.5f}")])
     for name, m in eq.items():
         if m["flow_extrap"] is not None:
-            rows.append(("extrapolation (steps T+1..2T)", name, f"{m['flow_extrap']:.5f}", f"{m['noflow_extrap']:.5f}",
-                         f"{m['linear_extrap']:.5f}"))
-    for name, m in metrics["composition"].items():
-        rows.append(("composition (T steps each)", name, f"{m['flow']:.5f}", f"{m['noflow']:.5f}", ""))
+            k = f"equivariance.{name}"
+            rows.append([Cell("extrapolation (steps T+1..2T)"), Cell(name), num(f"{k}.flow_extrap", "{:.5f}"),
+                         num(f"{k}.noflow_extrap", "{:.5f}"), num(f"{k}.linear_extrap", "{:.5f}")])
+    for name in metrics["composition"]:
+        k = f"composition.{name}"
+        rows.append([Cell("composition (T steps each)"), Cell(name), num(f"{k}.flow", "{:.5f}"),
+                     num(f"{k}.noflow", "{:.5f}"), Cell("")])
     for name, m in metrics["likelihood"].items():
-        rows.append(("bits/dim at step T", name, f"{m['bpd_evolved'][-1]:.3f}", f"{m['bpd_flow'][-1]:.3f}",
-                     f"step 0: {m['bpd_flow'][0]:.3f}"))
+        k = f"likelihood.{name}"
+        rows.append([Cell("bits/dim at step T"), Cell(name),
+                     Cell(m["bpd_evolved"][-1], src, f"{k}.bpd_evolved", "{:.3f}"),
+                     Cell(m["bpd_flow"][-1], src, f"{k}.bpd_flow", "{:.3f}"),
+                     Cell(f"step 0: {m['bpd_flow'][0]:.3f}", src, f"{k}.bpd_flow")])
     ad = metrics.get("adaptation")
     if ad:
         for key in ("plain", "transformed"):
             after, before = ad["heldout_bpd_after"], ad["heldout_bpd_before"]
-            rows.append(("flow bits/dim, held-out " + key, "adapted / input flow", f"{after[key]:.3f}",
-                         f"{before[key]:.3f}", f"medians {after[key + '_median']:.3f} / {before[key + '_median']:.3f}; "
-                         f"{ad['steps']} adaptation steps"))
-    ident = metrics["identification"]
-    rows.append(("identification accuracy", metrics["config"]["mode"], f"{100 * ident['accuracy']:.1f}",
-                 f"{100 / len(eq):.1f}", "chance"))
+            rows.append([Cell("flow bits/dim, held-out " + key), Cell("adapted / input flow"),
+                         num(f"adaptation.heldout_bpd_after.{key}", "{:.3f}"),
+                         num(f"adaptation.heldout_bpd_before.{key}", "{:.3f}"),
+                         Cell(f"medians {after[key + '_median']:.3f} / {before[key + '_median']:.3f}; "
+                              f"{ad['steps']} adaptation steps", src, "adaptation")])
+    rows.append([Cell("identification accuracy"), Cell(metrics["config"]["mode"]),
+                 num("identification.accuracy", "{:.1f}", 100.0), Cell(100 / len(eq), fmt="{:.1f}"), Cell("chance")])
     for name, m in metrics["classifier"].items():
-        rows.append(("logreg accuracy % (clean / transformed test)", name,
-                     f"{100 * m['clean_mean']:.1f} ± {100 * m['clean_std']:.1f}",
-                     f"{100 * m['transformed_mean']:.1f} ± {100 * m['transformed_std']:.1f}", ""))
-    head = ("section", "item", "learned flow", "no flow / flow prior", "linear shift / note")
-    md = ["# Flow-factorized latent transformations (Song et al. 2023) on the NF latent space", "",
-          f"Flow: `{metrics.get('flow_used') or metrics['inputs']['flow']}`"
-          + (f" (adapted from `{metrics['inputs']['flow']}`)" if metrics.get("adaptation") else "")
-          + f"; mode `{metrics['config']['mode']}`; "
-          f"T = {metrics['config']['steps']} steps; held-out test images: {metrics['eval_images']}; "
-          f"training {metrics['train_seconds']:.1f} s. Errors: pixel MSE in [0, 1] units (lower is better). "
-          "Bits/dim: learned evolved prior vs the flow's own density. Classifier rows: column 3 clean test, "
-          "column 4 transformed test.", "",
-          "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    md += ["| " + " | ".join(r) + " |" for r in rows]
-    md += ["", f"config hash `{metrics['provenance']['config_hash']}`, git `{metrics['provenance']['git_revision']}`", ""]
-    import csv
-    import io
-
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(head)
-    w.writerows(rows)
-    return "\n".join(md), buf.getvalue()
+        rows.append([Cell("logreg accuracy % (clean / transformed test)"), Cell(name),
+                     Cell(f"{100 * m['clean_mean']:.1f} ± {100 * m['clean_std']:.1f}", src, f"classifier.{name}"),
+                     Cell(f"{100 * m['transformed_mean']:.1f} ± {100 * m['transformed_std']:.1f}", src,
+                          f"classifier.{name}"),
+                     Cell("")])
+    flow = (f"Flow: `{metrics.get('flow_used') or metrics['inputs']['flow']}`"
+            + (f" (adapted from `{metrics['inputs']['flow']}`)" if metrics.get("adaptation") else "")
+            + f"; mode `{metrics['config']['mode']}`; T = {metrics['config']['steps']} steps; held-out test images: "
+            f"{metrics['eval_images']}; training {metrics['train_seconds']:.1f} s.")
+    return Table(
+        name="flowfactor",
+        title="Flow-factorized latent transformations (Song et al. 2023) on the NF latent space",
+        columns=["section", "item", "learned flow", "no flow / flow prior", "linear shift / note"],
+        rows=rows,
+        notes=[flow, "Errors: pixel MSE in [0, 1] units (lower is better). Bits/dim: learned evolved prior vs the "
+                     "flow's own density. Classifier rows: column 3 clean test, column 4 transformed test."],
+        stamp=stamp,
+    )

@@ -37,8 +37,7 @@ def run(argv: list[str] | None = None) -> Any:
         print(f"nfpi: unknown stage {name!r}; the stages are: {', '.join(STAGES)}", file=sys.stderr)
         return 2
     sys.argv = [f"nfpi {name}", *rest]  # --help and error messages name the stage as it was called
-    from nfpi.config import ConfigError
-    from nfpi.data import DataError
+    from nfpi.errors import ConfigError, DataError  # torch-free: a stage that never needs torch does not load it
 
     try:
         return importlib.import_module(f"nfpi.stages.{name}").main(rest)

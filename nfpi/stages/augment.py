@@ -25,11 +25,8 @@ log = logging.getLogger("nfpi.stages.augment")
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = stage_parser(__doc__ or "")
-    p.add_argument("--checkpoint", required=True)
+    p = stage_parser(__doc__ or "", checkpoint=True, data_dir=True, out=True)
     p.add_argument("--latents", required=True, help="training latents of the same flow (for the class PCA axes)")
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--out", required=True)
     p.add_argument("--figure", default=None)
     args = p.parse_args(argv)
     start_stage(args, "augment")

@@ -36,15 +36,12 @@ def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = stage_parser(__doc__ or "")
+    p = stage_parser(__doc__ or "", data_dir=True, out=True, name=True)
     p.add_argument("--section", required=True, choices=("cnn", "swin", "eva02"),
                    help="config section of the classifier slice: its preset fills the keys not given")
-    p.add_argument("--data-dir", required=True)
     p.add_argument("--train-npz", default=None, help="train only on these images (generated samples)")
     p.add_argument("--real-train", action="store_true", help="train on the real training split")
     p.add_argument("--extra-npz", default=None, help="add these images (NF augmentation) to the training set")
-    p.add_argument("--out", required=True)
-    p.add_argument("--name", default="")
     args = p.parse_args(argv)
     start_stage(args, "classify")
 

@@ -12,8 +12,7 @@ from nfpi.report.figures import training_curves
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = stage_parser(__doc__ or "")
-    p.add_argument("--out", required=True)
+    p = stage_parser(__doc__ or "", out=True)
     p.add_argument("--key", default="bpd")
     p.add_argument("logs", nargs="+", help="JSONL metrics logs written by nfpi.training")
     args = p.parse_args(argv)

@@ -20,12 +20,8 @@ log = logging.getLogger("nfpi.stages.evaluate")
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = stage_parser(__doc__ or "")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data-dir", required=True)
+    p = stage_parser(__doc__ or "", checkpoint=True, data_dir=True, out=True, name=True)
     p.add_argument("--gaussians-json", default=None, help="the solve record (status, iterations) to carry along")
-    p.add_argument("--out", required=True)
-    p.add_argument("--name", default="")
     args = p.parse_args(argv)
     start_stage(args, "evaluate")
     cfg: EvaluateConfig = parse_slices(args.config, evaluate=EvaluateConfig)["evaluate"]

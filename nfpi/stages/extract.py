@@ -26,10 +26,7 @@ log = logging.getLogger("nfpi.stages.extract")
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = stage_parser(__doc__ or "")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--out-dir", required=True)
+    p = stage_parser(__doc__ or "", checkpoint=True, data_dir=True, out_dir=True)
     p.add_argument("--splits", default="train,val,test")
     args = p.parse_args(argv)
     start_stage(args, "extract")

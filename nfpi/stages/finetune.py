@@ -58,11 +58,9 @@ def _merge_curves(parts: list[tuple[int, Path]], out: Path) -> None:
 # Long (132 lines): the rounds of Eq. 4's block coordinate descent (re-solve, train) with per-round resume and
 # the merged curve; each step is one library call (nfpi.fpi, nfpi.lampath, nfpi.training).
 def main(argv: list[str] | None = None) -> None:
-    p = stage_parser(__doc__ or "")
-    p.add_argument("--data-dir", required=True)
+    p = stage_parser(__doc__ or "", data_dir=True, out="final checkpoint (.pt)")
     p.add_argument("--init", required=True, help="the pretrained flow checkpoint")
     p.add_argument("--gaussians", required=True, help="round 0's class Gaussians (.pt from nfpi.stages.solve)")
-    p.add_argument("--out", required=True, help="final checkpoint (.pt)")
     p.add_argument("--metrics", required=True, help="summary JSON")
     p.add_argument("--log-jsonl", default=None, help="per-step metrics of all rounds (JSONL)")
     args = p.parse_args(argv)

@@ -26,7 +26,8 @@ transformed training sequences (:mod:`nfpi.flowfactor`), and reports on held-out
 Writes ``<out-dir>/metrics.json`` (+ ``config.json``, ``potentials.pt``, ``history.json``; with
 adaptation ``adapted_flow.pt``, ``adapt.jsonl``, and in metrics ``flow_used`` and ``adaptation``: the
 held-out bits/dim of plain and transformed images before and after), the
-table ``<tables-dir>/flowfactor.{md,csv}`` and the trajectory figure, all atomically.
+table ``<tables-dir>/flowfactor.{md,csv,tex,html,sources.json}`` (:func:`nfpi.report.tables.write_table`, like
+the paper's tables) and the trajectory figure, all atomically.
 """
 
 from __future__ import annotations
@@ -43,19 +44,18 @@ import torch
 from nfpi import flowfactor as ff
 from nfpi.cli import parse_slices, provenance, stage_parser, start_stage
 from nfpi.flowfactor import adapt_flow, build_table, classifier_comparison, flow_bpd, identification, trajectory_figure
-from nfpi.io import atomic_write_json, atomic_write_text
+from nfpi.io import atomic_write_json
+from nfpi.report.tables import write_table
 
 log = logging.getLogger("nfpi.stages.flowfactor")
 
 
 # Long (98 lines): the stage's sequence of library calls (adapt, train, measure, write) and its outputs.
 def main(argv: list[str] | None = None) -> int:
-    p = stage_parser(__doc__.splitlines()[0])
+    p = stage_parser(__doc__.splitlines()[0], data_dir=True, tables_dir=True,
+                     out_dir="where metrics.json, config.json, potentials.pt go")
     p.add_argument("--flow", required=True,
                    help="trained flow checkpoint (flows/nfpi.pt or flows/pretrain.pt); 'identity': pixel space (diagnostic)")
-    p.add_argument("--data-dir", required=True, help="prepared data folder (data/)")
-    p.add_argument("--out-dir", required=True, help="where metrics.json, config.json, potentials.pt go")
-    p.add_argument("--tables-dir", required=True, help="where flowfactor.md / flowfactor.csv go")
     p.add_argument("--figure", required=True, help="trajectory figure PNG")
     args = p.parse_args(argv)
     start_stage(args, "flowfactor")
@@ -139,10 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": time.perf_counter() - t0,
         "provenance": provenance(args.config_hash),
     }
-    md, csv_text = build_table({**metrics, "config": dataclasses.asdict(cfg)})
+    prov = metrics["provenance"]
+    stamp = {"config_hash": args.config_hash or "none", "nfpi_version": prov["nfpi_version"],
+             "git_revision": prov["git_revision"]}
+    table = build_table({**metrics, "config": dataclasses.asdict(cfg)}, source=str(out / "metrics.json"), stamp=stamp)
     trajectory_figure(Path(args.figure), codec, bank, ev_x, cfg)
-    atomic_write_text(Path(args.tables_dir) / "flowfactor.md", md)
-    atomic_write_text(Path(args.tables_dir) / "flowfactor.csv", csv_text)
+    write_table(table, args.tables_dir)
     metrics["wall_seconds"] = time.perf_counter() - t0
     atomic_write_json(out / "metrics.json", metrics)  # last: the rule's target marks a complete run
     log.info("wrote %s (%.1f s)", out / "metrics.json", metrics["wall_seconds"])

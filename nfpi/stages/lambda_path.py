@@ -19,9 +19,8 @@ from nfpi.report.tables import write_table
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = stage_parser(__doc__ or "")
+    p = stage_parser(__doc__ or "", tables_dir=True)
     p.add_argument("--record", required=True, help="solve record (.json) of a lam: auto setting")
-    p.add_argument("--tables-dir", required=True)
     p.add_argument("--figure", required=True)
     args = p.parse_args(argv)
     start_stage(args, "lambda_path")

@@ -57,14 +57,12 @@ log = logging.getLogger("nfpi.stages.latent_ot")
 # Long (137 lines): the stage reads its inputs, fits, samples every method, measures and writes nine outputs;
 # each step is one library call (nfpi.latent_ot), the length is the list of inputs and outputs.
 def main(argv: list[str] | None = None) -> None:
-    p = stage_parser(__doc__ or "")
+    p = stage_parser(__doc__ or "", data_dir=True, tables_dir=True,
+                     out_dir="latent_ot/: metrics.json, config.json, prior.pt, samples.npz")
     p.add_argument("--flow", required=True, help="the NFPI flow checkpoint (flows/nfpi.pt)")
     p.add_argument("--latents-train", required=True, help="its training latents (latents/nfpi/train.parquet)")
     p.add_argument("--latents-test", required=True, help="its held-out latents (latents/nfpi/test.parquet)")
     p.add_argument("--gaussians", default=None, help="gaussians/nfpi.pt (else the flow checkpoint's own Gaussians)")
-    p.add_argument("--data-dir", required=True, help="the prepared data folder (data/)")
-    p.add_argument("--out-dir", required=True, help="latent_ot/: metrics.json, config.json, prior.pt, samples.npz")
-    p.add_argument("--tables-dir", required=True, help="tables/: latent_ot.{md,csv,tex,sources.json}")
     p.add_argument("--grid", required=True, help="sample grid PNG")
     args = p.parse_args(argv)
     start_stage(args, "latent_ot")

@@ -14,8 +14,7 @@ log = logging.getLogger("nfpi.stages.prepare")
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = stage_parser(__doc__ or "")
-    p.add_argument("--out-dir", required=True, help="prepared dataset folder (meta.json is written last)")
+    p = stage_parser(__doc__ or "", out_dir="prepared dataset folder (meta.json is written last)")
     p.add_argument("--size-multiple", type=int, default=1, help="2**levels of the flow: H and W must divide by it")
     args = p.parse_args(argv)
     start_stage(args, "prepare")

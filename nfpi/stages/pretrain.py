@@ -27,9 +27,7 @@ log = logging.getLogger("nfpi.stages.pretrain")
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = stage_parser(__doc__ or "")
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--out", required=True, help="final checkpoint (.pt)")
+    p = stage_parser(__doc__ or "", data_dir=True, out="final checkpoint (.pt)")
     p.add_argument("--metrics", required=True, help="summary JSON")
     p.add_argument("--log-jsonl", default=None, help="per-step metrics (JSONL)")
     args = p.parse_args(argv)

@@ -19,8 +19,7 @@ from nfpi.io import atomic_write_text
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = stage_parser(__doc__ or "")
-    p.add_argument("--out", required=True)
+    p = stage_parser(__doc__ or "", out=True)
     args = p.parse_args(argv)
     start_stage(args, "resolved_config")
     cfg = json.loads(args.config)

@@ -22,12 +22,9 @@ log = logging.getLogger("nfpi.stages.sample")
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = stage_parser(__doc__ or "")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--out", required=True, help=".npz with images (uint8 N,C,H,W) and labels")
+    p = stage_parser(__doc__ or "", checkpoint=True, data_dir=True, name=True,
+                     out=".npz with images (uint8 N,C,H,W) and labels")
     p.add_argument("--grid", default=None, help="PNG grid, one row per class")
-    p.add_argument("--name", default="")
     args = p.parse_args(argv)
     start_stage(args, "sample")
     cfg: SampleConfig = parse_slices(args.config, sample=SampleConfig)["sample"]

@@ -28,9 +28,8 @@ def _read(path: str) -> tuple[Any, Any]:
 def main(argv: list[str] | None = None) -> None:
     import json
 
-    p = stage_parser(__doc__ or "")
+    p = stage_parser(__doc__ or "", out=True)
     p.add_argument("--gaussians", nargs="+", required=True, help="gaussians/<setting>.pt of every candidate")
-    p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     start_stage(args, "share")
     cfg = json.loads(args.config).get("share")

@@ -44,12 +44,10 @@ def solve_setting(stats: Any, spec: dict[str, Any]) -> Any:
 def main(argv: list[str] | None = None) -> None:
     import json
 
-    p = stage_parser(__doc__ or "")
+    p = stage_parser(__doc__ or "", data_dir=True, name=True,
+                     out="Gaussians (.pt): a ClassGaussianPrior state and the solve record")
     p.add_argument("--latents", required=True, help="training-split latent file (.parquet or .npy)")
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--out", required=True, help="Gaussians (.pt): a ClassGaussianPrior state and the solve record")
     p.add_argument("--out-json", required=True)
-    p.add_argument("--name", default="", help="setting name (for logs)")
     p.add_argument("--val-latents", default=None, help="validation latent file: lam: auto chooses lambda on it")
     p.add_argument("--lam-from", default=None, help="a solve record (.json) whose chosen lambda a lam: auto GD setting uses")
     args = p.parse_args(argv)

@@ -31,9 +31,8 @@ log = logging.getLogger("nfpi.stages.tabulate")
 def main(argv: list[str] | None = None) -> None:
     import json
 
-    p = stage_parser(__doc__ or "")
+    p = stage_parser(__doc__ or "", out_dir=True)
     p.add_argument("--results", required=True)
-    p.add_argument("--out-dir", required=True)
     p.add_argument("--shared", default=None, help="gaussians/shared.json of stage share (settings sharing a fine-tuning)")
     args = p.parse_args(argv)
     start_stage(args, "tabulate")

@@ -24,11 +24,9 @@ log = logging.getLogger("nfpi.stages.tsne")
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = stage_parser(__doc__ or "")
+    p = stage_parser(__doc__ or "", data_dir=True, out=True)
     p.add_argument("--latents", required=True)
     p.add_argument("--gaussians", nargs="+", required=True, help="label=path pairs, in panel order")
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--out", required=True)
     p.add_argument("--run", default=None, help="the run's name: the title of a user's npz / ImageFolder data")
     args = p.parse_args(argv)
     start_stage(args, "tsne")

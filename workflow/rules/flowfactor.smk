@@ -1,4 +1,4 @@
-# Stage: factorize (flow-factorized latent transformations, Song et al. 2023): one learned potential per
+# Stage flowfactor (nfpi/stages/flowfactor.py; flow-factorized latent transformations, Song et al. 2023): one learned potential per
 # pixel-space transformation (rotation, scale, intensity) in the latent space of a trained flow
 # (flowfactor.flow: "nfpi" -> flows/nfpi.pt, "pretrain" -> flows/pretrain.pt); equivariance, composition,
 # extrapolation, sequence likelihood and a classifier augmentation comparison (docs/flowfactor.md).
@@ -6,6 +6,7 @@
 # plus randomly transformed copies (nfpi.training.train_flow) and works in the adapted flow's latent space; the
 # adapted checkpoint is flowfactor/adapted_flow.pt (not a declared output: its resume state
 # flowfactor/adapted_flow.pt.resume/ survives a failed job, so a rerun does not repeat the adaptation).
+# The table goes through nfpi.report.tables (.md, .csv, .tex, .html, .sources.json) like the paper's tables.
 # Opt out with experiments.flowfactor: false.
 
 
@@ -20,6 +21,7 @@ rule flowfactor:
         history=f"{R}/flowfactor/history.json",
         table_md=f"{R}/tables/flowfactor.md",
         table_csv=f"{R}/tables/flowfactor.csv",
+        table_html=report(f"{R}/tables/flowfactor.html", category="Tables", labels={"table": "flowfactor"}),
         figure=report(
             f"{R}/figures/flowfactor_trajectories.png",
             category="Figures",

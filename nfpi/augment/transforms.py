@@ -26,27 +26,16 @@ here too so that ``nfpi.classifiers`` only trains.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from nfpi.augment.config import StandardAugConfig
 from nfpi.progress import progress
 
-__all__ = [
-    "AugmentConfig",
-    "class_principal_axes",
-    "pca_mixup",
-    "same_class_partners",
-    "draw_pairs",
-    "nf_augment",
-    "random_crop_flip",
-    "StandardAugConfig",
-    "build_sample_transform",
-    "build_batch_mixer",
-]
+# The public names are listed once, in nfpi.augment.__all__ (the package loads this module on first use of one).
 
 log = logging.getLogger(__name__)
 
@@ -374,21 +363,6 @@ def random_crop_flip(
     return x
 
 
-@dataclass(frozen=True)
-class StandardAugConfig:
-    """The transformer's standard augmentations (paper Sec. 5.1, from timm / torchvision).
-    """
-
-    padding: int | None = None  # random-crop zero padding in pixels; ``None``: ``max(1, H // 8)`` (4 for 32x32, the CIFAR convention; 1 for 8x8 digits).
-    hflip: bool = True  # random horizontal flip (off for digits: a flipped digit is another shape).
-    auto_augment: bool = True  # torchvision AutoAugment, CIFAR10 policy, per sample.
-    rand_augment: bool = True  # torchvision RandAugment (2 ops, magnitude 9), per sample.
-    random_erasing: float = 0.25  # probability of random erasing per sample (0 disables).
-    mixup_alpha: float = 0.8  # timm Mixup Beta(alpha, alpha) parameter (0 disables).
-    cutmix_alpha: float = 1.0  # timm CutMix parameter (0 disables); mixup and cutmix alternate per batch.
-    label_smoothing: float = 0.1  # label smoothing folded into the soft targets.
-
-
 def build_sample_transform(cfg: StandardAugConfig, image_shape: tuple[int, int, int]) -> Any:
     """Per-sample torchvision v2 pipeline on uint8 ``[C, H, W]`` tensors (crop, flip, AA, RA, erasing)."""
     from torchvision.transforms import v2
@@ -423,20 +397,3 @@ def build_batch_mixer(cfg: StandardAugConfig, num_classes: int) -> Any | None:
         label_smoothing=cfg.label_smoothing,
         num_classes=num_classes,
     )
-
-
-# The ``augment`` config slice (stage ``augment``).
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """The ``augment`` config slice."""
-
-    copies: int = 1  # augmented images per training image
-    beta_max: float = 0.5  # beta ~ U(0, beta_max)
-    num_axes: int = 8  # principal axes per class (U_y has this many columns)
-    seed: int = 0  # seed of the pair and beta draws (the same images on every rerun)
-    batch_size: int = 256  # images per forward / inverse pass
-    figure_rows: int = 6  # Fig. 2: originals shown
-    figure_variants: int = 3  # Fig. 2: augmented variants per original
-    device: str = "auto"  # "auto" (CUDA if visible), "cpu", "cuda", "cuda:1"...
