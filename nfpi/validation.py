@@ -34,7 +34,7 @@ import yaml
 
 from nfpi.config import ConfigError
 
-__all__ = ["check_config", "load_schema", "schema_error_line", "RULES", "SCHEMA_FILE", "FIX"]
+__all__ = ["check_config", "coerce_cli_strings", "load_schema", "schema_error_line", "RULES", "SCHEMA_FILE", "FIX"]
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 FIX = "fix it in your --configfile"
@@ -213,6 +213,51 @@ def _check_object(value: Mapping[str, Any], s: Mapping[str, Any], key: str) -> N
             raise ConfigError(f"config key '{where}' is missing{_why(props.get(req, {}))}; add it to your --configfile")
     for k, v in value.items():
         _check_node(v, props[k], f"{key}.{k}" if key else str(k))
+
+
+def _accepts(value: Any, s: Mapping[str, Any]) -> bool:
+    try:
+        _check_node(value, s, "")
+    except ConfigError:
+        return False
+    return True
+
+
+def _coerce(value: Any, s: Mapping[str, Any], key: str, changed: list[str]) -> Any:
+    """``value`` with every string the schema node ``s`` refuses replaced by its YAML reading where that fits."""
+    if isinstance(value, str) and not _accepts(value, s):
+        for read in (yaml.safe_load, float):  # float: YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                parsed = read(value)
+            except (yaml.YAMLError, ValueError):
+                continue
+            if not isinstance(parsed, str) and _accepts(parsed, s):
+                changed.append(key)
+                return parsed
+        return value
+    props = s.get("properties")
+    if isinstance(value, dict) and isinstance(props, Mapping):
+        for k in list(value):
+            if k in props:
+                value[k] = _coerce(value[k], props[k], f"{key}.{k}" if key else str(k), changed)
+    elif isinstance(value, list) and isinstance(s.get("items"), Mapping):
+        for i, item in enumerate(value):
+            value[i] = _coerce(item, s["items"], f"{key}[{i}]", changed)
+    return value
+
+
+def coerce_cli_strings(config: dict[str, Any], *, schema: Mapping[str, Any] | None = None) -> list[str]:
+    """Read back the numbers, booleans and nulls that Snakemake's ``--config`` left as strings; return their keys.
+
+    Snakemake parses a ``--config`` value with YAML's *base* loader, so everything nested in a mapping is a
+    string: ``--config 'pretrain={n_bits: 5}'`` arrives as ``{"n_bits": "5"}``.  A string is replaced (in place)
+    by its YAML reading only where the schema refuses the string and accepts that reading; a key whose schema
+    takes strings (``run``, ``data.root``, ``fpi.lam: auto``) is never touched.
+    """
+    s = load_schema() if schema is None else schema
+    changed: list[str] = []
+    _coerce(config, s, "", changed)
+    return changed
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -469,3 +469,36 @@ def test_prepare_rule_shows_the_data_error(tmp_path: Path) -> None:
     log = (tmp_path / "results" / "badnpz" / "logs" / "prepare.log").read_text()
     assert "Traceback" not in log and log.strip().splitlines()[-1] == errors[0]
     _assert_nothing_half_written(tmp_path / "results" / "badnpz" / "data")
+
+
+# ---------------------------------------------------------------------------------------------------
+# --config values nested in a mapping reach the config as strings (Snakemake's YAML base loader)
+
+
+def test_cli_strings_are_read_back_where_the_schema_refuses_a_string() -> None:
+    from nfpi.validation import coerce_cli_strings
+
+    cfg = _merge(_default(), {"run": "2024", "pretrain": {"n_bits": "5", "lr": "1e-3"}, "finetune": {"hflip": "true"},
+                              "fpi": {"lam": "300", "path": {"tie_tol": "se"}}, "data": {"root": "/tmp/7"},
+                              "experiments": {"lambdas": ["10", "1e2"]}})
+    changed = coerce_cli_strings(cfg)
+    assert cfg["pretrain"]["n_bits"] == 5 and cfg["pretrain"]["lr"] == 1e-3 and cfg["finetune"]["hflip"] is True
+    assert cfg["fpi"]["lam"] == 300 and cfg["experiments"]["lambdas"] == [10, 100.0]
+    # keys whose schema takes strings keep them
+    assert cfg["run"] == "2024" and cfg["data"]["root"] == "/tmp/7" and cfg["fpi"]["path"]["tie_tol"] == "se"
+    assert set(changed) == {"pretrain.n_bits", "pretrain.lr", "finetune.hflip", "fpi.lam", "experiments.lambdas[0]",
+                            "experiments.lambdas[1]"}
+    check_config(cfg)
+    # a string that is no valid reading still fails, naming the key
+    bad = _merge(_default(), {"pretrain": {"n_bits": "five"}})
+    assert coerce_cli_strings(bad) == []
+    with pytest.raises(ConfigError, match="pretrain.n_bits"):
+        check_config(bad)
+
+
+def test_snakemake_config_option_with_a_nested_number_plans(tmp_path: Path) -> None:
+    """The real command line: ``--config 'pretrain={n_bits: 5}'`` plans the run (it used to be refused)."""
+    r = _snakemake(["-n", "-p", "--cores", "1", "--configfile", str(ROOT / "config" / "config.yaml"),
+                    "--config", "run=cli_strings", "pretrain={n_bits: 5, steps: 400}", "--", "tables"], tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert '"n_bits": 5' in r.stdout + r.stderr and '"steps": 400' in r.stdout + r.stderr

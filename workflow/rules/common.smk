@@ -9,13 +9,14 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from nfpi.config import ConfigError
-from nfpi.validation import check_config, schema_error_line
+from nfpi.validation import check_config, coerce_cli_strings, schema_error_line
 
 # Before anything else (and before torch is imported, for a misspelt key): every key's type and range and
 # every cross-key rule (nfpi.validation, docs/config.md). A bad config stops here with ONE line naming the
 # key, the value and the fix, exit status 1, no traceback, no job run, no results folder. Snakemake's
 # schema validation stays as a second net (and fills in the defaults), its failure shown as one line too.
 try:
+    coerce_cli_strings(config)  # --config 'pretrain={n_bits: 5}' reaches Snakemake's config as the string "5"
     check_config(config)
     validate(config, "../schemas/config.schema.yaml")
 except ConfigError as exc:
