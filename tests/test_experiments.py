@@ -47,8 +47,15 @@ def test_the_default_runs_a_subset_that_full_restores() -> None:
 
 
 def test_lambda_equal_to_fpi_lam_reuses_nfpi() -> None:
-    assert lambda_setting_name(CONFIG, CONFIG["fpi"]["lam"]) == "nfpi"
-    assert lambda_setting_name(CONFIG, 12.5) == "lam12.5"
+    fixed = {**CONFIG, "fpi": {**CONFIG["fpi"], "lam": 1000.0}}
+    assert lambda_setting_name(fixed, 1000.0) == "nfpi"
+    assert lambda_setting_name(fixed, 12.5) == "lam12.5"
+    # with lam: auto no sweep value is NFPI's row: the path's choice joins Table 2 as its own row
+    auto = {**CONFIG, "fpi": {**CONFIG["fpi"], "lam": "auto"}}
+    assert lambda_setting_name(auto, 1000.0) == "lam1000"
+    sweep = CONFIG["experiments"]["lambdas"]
+    assert table_settings(auto)["table2"] == [f"lam{lam:g}" for lam in sweep] + ["nfpi"]
+    assert table_settings(fixed)["table2"] == [lambda_setting_name(fixed, lam) for lam in sweep]
 
 
 def test_editing_lambda_changes_only_dependent_lineages() -> None:
