@@ -62,6 +62,7 @@ def test_share_slice_objective_ignores_solver_options() -> None:
 def test_tables_print_the_representatives_numbers_and_say_so(tmp_path: Path) -> None:
     cfg = copy.deepcopy(CONFIG)
     cfg["experiments"].update(lambdas=[], ablation=False, swin=False, eva02=False, gd_policies=list(GD_POLICIES))
+    cfg["fpi"]["lam"] = 1000.0  # a fixed lambda: the row labels name it (the default's auto reads the path's record)
     r = tmp_path / "results"
     accs = {"nfpi": 0.9889, "baseline1": 0.9331, "gd_superlinear_v1": 0.9861, "gd_superlinear_v2": 0.9833}
     for s, acc in accs.items():
