@@ -487,9 +487,69 @@ def _stops_on_signals(fn: Any) -> Any:
 # The training loop
 
 
-# Long (249 lines): the one flow training loop (pretrain, fine-tune, flowfactor adaptation) with resume,
-# rollback on non-finite loss, EMA, DDP and checkpointing sharing loop state; to be split into a loop object
-# (docs/design.md, what remains).
+@dataclass
+class _Window:
+    """Sums over the current logging window (one line of the metrics log per ``log_every`` steps).
+
+    The sums stay on the device (no host sync per step); ``steps`` counts the optimiser steps taken,
+    ``seen`` every step (skipped ones too: they cost the same time).
+    """
+
+    loss: torch.Tensor
+    gnorm: torch.Tensor
+    steps: int = 0
+    seen: int = 0
+    t0: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def add(self, loss: torch.Tensor, gnorm: torch.Tensor) -> None:
+        self.loss += loss.detach().double()
+        self.gnorm += gnorm.detach().double()
+        self.steps += 1
+
+    def reset(self) -> None:
+        self.loss.zero_()
+        self.gnorm.zero_()
+        self.steps, self.seen, self.t0 = 0, 0, time.perf_counter()
+
+
+@dataclass
+class _Run:
+    """The state one :func:`train_flow` call shares between its steps (built by :func:`_set_up`)."""
+
+    cfg: TrainConfig
+    info: ddp.DistInfo
+    flow: nn.Module  # the module the optimiser, EMA and checkpoints hold
+    model: nn.Module  # what the forward pass calls: ``flow``, wrapped in DDP / torch.compile when asked
+    prior: Any
+    joint: bool  # a trainable prior (nfpi.joint_gd): its Gaussians are optimised with the flow
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    ema: _EMA
+    dataset: Dataset
+    order: _EpochOrder
+    image_shape: tuple[int, ...]
+    out_path: Path
+    state_file: Path
+    fingerprint: str
+    record: dict[str, Any]
+    metrics_path: str | os.PathLike[str] | None
+    t_start: float
+    counters: dict[str, Any]  # rollbacks, skipped steps, last logged loss: saved in every checkpoint
+    window: _Window
+    start_step: int = 0
+    saved_at: int = 0  # the step of the resume checkpoint on disk
+    steps_run: int = 0
+    consecutive_bad: int = 0
+
+    @property
+    def shard(self) -> int:
+        return self.cfg.batch_size // self.info.world_size
+
+    @property
+    def num_dims(self) -> int:
+        return int(np.prod(self.image_shape))
+
+
 @_stops_on_signals
 def train_flow(
     flow: nn.Module,
@@ -521,238 +581,311 @@ def train_flow(
     128 + signal number): a rerun resumes from that step.
     """
     t_start = time.perf_counter()
+    run = _set_up(flow, dataset, prior, cfg, t_start=t_start, out_path=Path(out_path), init_checkpoint=init_checkpoint,
+                  config_record=config_record, metrics_path=metrics_path)
+    loop_t0 = time.perf_counter()
+    bar = progress(range(run.start_step, cfg.steps), initial=run.start_step, total=cfg.steps, unit="step",
+                   logger=logger, desc=str(run.record.get("stage", "train")), disable=not run.info.is_main)
+    for step in bar:
+        stop_signal = _optimisation_step(run, step)
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            _log_window(run, step, bar)
+        _checkpoint(run, step, stop_signal)
+        if stop_signal:
+            _stop(run, done, int(stop_signal))
+    return _finish(run, time.perf_counter() - loop_t0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Set-up: process group, optimiser, start state (resume > init checkpoint > data-dependent init)
+
+
+def _set_up(flow: nn.Module, dataset: Dataset, prior: Any, cfg: TrainConfig, *, t_start: float, out_path: Path,
+            init_checkpoint: str | os.PathLike[str] | StartWeights | None, config_record: dict[str, Any] | None,
+            metrics_path: str | os.PathLike[str] | None) -> _Run:
+    """Everything before the first step: the checks, the device, the optimiser and the start state."""
     if cfg.n_bits is None:
         raise ValueError("train_flow: cfg.n_bits is None; resolve it first (the pretrain stage uses the prepared "
                          "data's bit depth, PreparedData.n_bits)")
     info = ddp.init_distributed(cfg.device)
-    device, world, rank = info.device, info.world_size, info.rank
-    if cfg.batch_size % world:
-        raise ValueError(f"train.batch_size={cfg.batch_size} is not divisible by the {world} processes")
-    shard = cfg.batch_size // world
-    out_path = Path(out_path)
-    state_file = resume_path(out_path)
-    image_shape = tuple(int(s) for s in flow.image_shape)
-    num_dims = int(np.prod(image_shape))
-    order = _EpochOrder(len(dataset), cfg.batch_size, cfg.seed)
+    if cfg.batch_size % info.world_size:
+        raise ValueError(f"train.batch_size={cfg.batch_size} is not divisible by the {info.world_size} processes")
+    order = _EpochOrder(len(dataset), cfg.batch_size, cfg.seed)  # checks the set holds one batch
     record = dict(config_record or {})
     start = (init_checkpoint if isinstance(init_checkpoint, StartWeights) or init_checkpoint is None
              else StartWeights.read(init_checkpoint))
     fingerprint = _fingerprint(cfg, record, dataset, prior, start)
 
-    flow = flow.to(device).train()
-    prior = prior.to(device)
-    joint = bool(getattr(prior, "trainable", False))  # Gaussians optimised with the flow (nfpi.joint_gd)
+    flow = flow.to(info.device).train()
+    prior = prior.to(info.device)
     opt_cls = torch.optim.Adamax if cfg.optimizer == "adamax" else torch.optim.Adam
     # foreach: one kernel per op over all tensors (torch picks it on CUDA only; flows have many small tensors)
     optimizer = opt_cls(flow.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg) / cfg.lr)
-    counters = {"rollbacks": 0, "skipped": 0, "last_loss": math.nan}
+    zero = functools.partial(torch.zeros, (), dtype=torch.float64, device=info.device)
+    run = _Run(
+        cfg=cfg, info=info, flow=flow, model=flow, prior=prior,
+        joint=bool(getattr(prior, "trainable", False)), optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg) / cfg.lr),
+        ema=None, dataset=dataset,  # type: ignore[arg-type]  # _start_state sets it
+        order=order, image_shape=tuple(int(s) for s in flow.image_shape), out_path=out_path,
+        state_file=resume_path(out_path), fingerprint=fingerprint, record=record, metrics_path=metrics_path, t_start=t_start,
+        counters={"rollbacks": 0, "skipped": 0, "last_loss": math.nan}, window=_Window(zero(), zero()),
+    )
+    resume = _start_state(run, start)
+    if info.world_size > 1:  # every rank read the resume file itself; a rank that could not would silently diverge
+        s = torch.tensor([float(run.start_step)], device=info.device)
+        if float(ddp.all_reduce_max(s)) != -float(ddp.all_reduce_max(-s)):
+            raise RuntimeError(f"ranks disagree on the resume state in {run.state_file} (is the folder on a "
+                               "filesystem all ranks see?); delete it to start fresh")
+    run.saved_at = run.start_step
+    if resume is None:
+        _save_resume(run, run.start_step, with_window=False)  # the first rollback target (no data init on resume)
+    if info.is_main and metrics_path is not None:
+        _trim_metrics(metrics_path, run.start_step)
+    run.model = _wrap(flow, cfg, info)
+    run.window.t0 = time.perf_counter()  # the first window's img/s counts the loop only
+    window = (resume["extra"] or {}).get("window") if resume is not None else None
+    if window:  # resumed inside a logging window: the window's sums so far, so its line is the same
+        run.window.loss.fill_(window[0])
+        run.window.gnorm.fill_(window[1])
+        run.window.steps, run.window.seen, run.consecutive_bad = int(window[2]), int(window[3]), int(window[4])
+    return run
 
-    # -- state: resume > init checkpoint > data-dependent init -------------------------------------
-    start_step, ema = 0, None
-    resume = _try_resume(state_file, fingerprint, cfg.steps)
+
+def _start_state(run: _Run, start: StartWeights | None) -> dict[str, Any] | None:
+    """Resume from the rolling checkpoint, else load ``start``, else actnorm's data init; returns the resume state."""
+    cfg, flow = run.cfg, run.flow
+    resume = _try_resume(run.state_file, run.fingerprint, cfg.steps)
     if resume is not None:
         flow.load_state_dict(resume["model"])
-        ema = _EMA(flow, cfg.ema_decay)
-        ema.module.load_state_dict(resume["ema"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
+        run.ema = _EMA(flow, cfg.ema_decay)
+        run.ema.module.load_state_dict(resume["ema"])
+        run.optimizer.load_state_dict(resume["optimizer"])
+        run.scheduler.load_state_dict(resume["scheduler"])
         restore_rng_state(resume["rng"])
-        if joint:
-            prior.load_resume_state(resume["gaussians"])
-        start_step = int(resume["step"])
+        if run.joint:
+            run.prior.load_resume_state(resume["gaussians"])
+        run.start_step = int(resume["step"])
+        counters = run.counters
         counters.update({k: resume["extra"].get(k, counters[k]) for k in counters})
         counters["last_loss"] = math.nan if counters["last_loss"] is None else counters["last_loss"]
-        logger.info("resumed from step %d of %d%s (%s)", start_step, cfg.steps, _where(record), state_file)
-    else:
-        if start is not None:
-            flow.load_state_dict(start.weights)
-            logger.info("start weights: %s (%s weights, step %s)", start.path,
-                        "EMA" if start.uses_ema else "raw", start.checkpoint.get("step"))
-        elif info.is_main:
-            # Actnorm data-dependent init on rank 0 only; the broadcast below makes all ranks identical.
-            idx = order.permutation(0)[: min(cfg.init_size, len(dataset))]
-            x, _ = load_batch(dataset, idx)
-            noise, flips = batch_noise(cfg.seed, 0, len(idx), image_shape, stream=_STREAM_INIT)
-            # Same input pipeline as the loop: per-pixel actnorm must be initialised on flipped images too.
-            x = training_inputs(x, noise, flips, n_bits=cfg.n_bits, hflip=cfg.hflip,
-                                augment=batch_augment(cfg, 0, len(idx), stream=_STREAM_AUG_INIT))
-            with torch.no_grad():
-                flow.data_init(x.to(device))
-            if not _all_finite(flow):  # a NaN here would poison every later step and the rollback target
-                raise ValueError(f"actnorm data init gave non-finite weights: the {len(idx)} init images (the "
-                                 "first of epoch 0's order) contain NaN/Inf or are constant; check the dataset")
-        ddp.broadcast_module(flow, src=0)
-        ema = _EMA(flow, cfg.ema_decay)
-    if world > 1:  # every rank read the resume file itself; a rank that could not would silently diverge
-        s = torch.tensor([float(start_step)], device=device)
-        if float(ddp.all_reduce_max(s)) != -float(ddp.all_reduce_max(-s)):
-            raise RuntimeError(f"ranks disagree on the resume state in {state_file} (is the folder on a "
-                               "filesystem all ranks see?); delete it to start fresh")
+        logger.info("resumed from step %d of %d%s (%s)", run.start_step, cfg.steps, _where(run.record), run.state_file)
+        return resume
+    if start is not None:
+        flow.load_state_dict(start.weights)
+        logger.info("start weights: %s (%s weights, step %s)", start.path,
+                    "EMA" if start.uses_ema else "raw", start.checkpoint.get("step"))
+    elif run.info.is_main:
+        _data_init(run)
+    ddp.broadcast_module(flow, src=0)
+    run.ema = _EMA(flow, cfg.ema_decay)
+    return None
 
-    saved_at = [start_step]  # the step of the resume checkpoint on disk
 
-    def save_resume(step: int, window: tuple[Any, ...] | None = None) -> None:
-        saved_at[0] = step
-        if info.is_main:
-            save_checkpoint(
-                state_file, kind="resume", model=flow.state_dict(), ema=ema.module.state_dict(),
-                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), step=step,
-                rng=capture_rng_state(), gaussians=prior.resume_state() if joint else prior.state_dict(),
-                config={"fingerprint": fingerprint, "train": cfg, "record": record},
-                extra={**counters, "window": [float(v) for v in window] if window is not None else None},
-            )
-        ddp.barrier()
+def _data_init(run: _Run) -> None:
+    """Actnorm's data-dependent init, on rank 0 only (the caller broadcasts the weights to all ranks)."""
+    cfg, dataset = run.cfg, run.dataset
+    idx = run.order.permutation(0)[: min(cfg.init_size, len(dataset))]
+    x, _ = load_batch(dataset, idx)
+    noise, flips = batch_noise(cfg.seed, 0, len(idx), run.image_shape, stream=_STREAM_INIT)
+    # Same input pipeline as the loop: per-pixel actnorm must be initialised on flipped images too.
+    x = training_inputs(x, noise, flips, n_bits=cfg.n_bits, hflip=cfg.hflip,
+                        augment=batch_augment(cfg, 0, len(idx), stream=_STREAM_AUG_INIT))
+    with torch.no_grad():
+        run.flow.data_init(x.to(run.info.device))
+    if not _all_finite(run.flow):  # a NaN here would poison every later step and the rollback target
+        raise ValueError(f"actnorm data init gave non-finite weights: the {len(idx)} init images (the "
+                         "first of epoch 0's order) contain NaN/Inf or are constant; check the dataset")
 
-    if resume is None:
-        save_resume(start_step)  # the first rollback target (and no need to redo the data init on resume)
-    if info.is_main and metrics_path is not None:
-        _trim_metrics(metrics_path, start_step)
 
+def _wrap(flow: nn.Module, cfg: TrainConfig, info: ddp.DistInfo) -> nn.Module:
+    """The module the forward pass calls: DDP over ``flow`` with more than one process, compiled when asked."""
     model: nn.Module = flow
-    if world > 1:
+    if info.world_size > 1:
         # Buffers (actnorm's `initialized` flags) never change after init: no per-forward buffer sync.
         sync = ({"forward_sync_buffers": False}
                 if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
                 else {"broadcast_buffers": False})
         model = nn.parallel.DistributedDataParallel(
-            flow, device_ids=[device] if device.type == "cuda" else None, **sync
+            flow, device_ids=[info.device] if info.device.type == "cuda" else None, **sync
         )
     if cfg.compile:
         model = torch.compile(model)  # type: ignore[assignment]
+    return model
 
-    # -- the loop ---------------------------------------------------------------------------------
+
+# ----------------------------------------------------------------------------------------------
+# One step: inputs, loss, backward, the non-finite guard, the optimiser and the EMA
+
+
+def _inputs(run: _Run, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's contiguous shard of global batch ``step``; noise / flips drawn for the global batch, then sliced."""
+    cfg, sl = run.cfg, slice(run.info.rank * run.shard, (run.info.rank + 1) * run.shard)
+    x, y = load_batch(run.dataset, run.order.batch(step)[sl])
+    noise, flips = batch_noise(cfg.seed, step, cfg.batch_size, run.image_shape)
+    x = training_inputs(x, noise[sl], flips[sl], n_bits=cfg.n_bits, hflip=cfg.hflip,
+                        augment=batch_augment(cfg, step, cfg.batch_size, sl))
+    return x.to(run.info.device, non_blocking=True), y.to(run.info.device, non_blocking=True)
+
+
+def _optimisation_step(run: _Run, step: int) -> float:
+    """One step of Eq. 1 (and Eq. 4 for a trainable prior), or a skip; returns the stop signal's number (0: none)."""
+    cfg, prior, optimizer = run.cfg, run.prior, run.optimizer
+    x, y = _inputs(run, step)
+    for group in optimizer.param_groups:  # scheduler is the record; lr is a pure function of step
+        group["lr"] = lr_at(step, cfg)
+
+    with autocast(run.info.device, cfg.precision):
+        z, logdet = run.model(x)
+    # -log p(x|y) in nats (Eq. 1 with N(mu_y, v_y)), as nfpi.density.flow_nll; the prior term is
+    # evaluated outside autocast so that under bf16 only the flow's convolutions run in low precision.
+    loss = -(prior.log_prob(z.float(), y) + logdet.float()).mean()
+    optimizer.zero_grad(set_to_none=True)
+    if run.joint:  # Eq. 4 jointly: the separation term moves the Gaussians (the logged loss stays the NLL)
+        prior.zero_grad()
+        (loss + prior.penalty()).backward()
+        prior.sync_grads()
+    else:
+        loss.backward()
+    max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+    gnorm = torch.nn.utils.clip_grad_norm_(run.flow.parameters(), max_norm, foreach=True)
+    # the Gaussians' gradient must be finite too (it is not clipped: their optimiser is Adam)
+    check = gnorm + prior.grad_norm().to(gnorm) if run.joint else gnorm
+    # Every rank must take the same decisions (DDP), so the flags are reduced with max: skip this
+    # step (non-finite)? stop after it (a stop signal reached some rank; its number)?
+    bad, stop_signal = ddp.all_reduce_max(torch.stack([
+        (~torch.isfinite(loss) | ~torch.isfinite(check)).float(),
+        torch.tensor(float(_STOP.signum), device=run.info.device),
+    ])).tolist()
+    if bool(bad):
+        _skip(run, step, loss, gnorm)
+    else:
+        run.consecutive_bad = 0
+        optimizer.step()
+        if run.joint:
+            prior.step(step)
+        run.ema.update(run.flow, step)
+        run.window.add(loss, gnorm)
+    run.scheduler.step()
+    run.steps_run += 1
+    run.window.seen += 1
+    return stop_signal
+
+
+def _skip(run: _Run, step: int, loss: torch.Tensor, gnorm: torch.Tensor) -> None:
+    """A non-finite step: drop its gradients; after ``max_nonfinite`` in a row, roll back to the last good state."""
+    run.optimizer.zero_grad(set_to_none=True)
+    run.consecutive_bad += 1
+    run.counters["skipped"] += 1
+    logger.warning("step %d: non-finite loss (%s) or gradient norm (%s); step skipped (%d in a row)",
+                   step, f"{loss.item():.4g}", f"{gnorm.item():.4g}", run.consecutive_bad)
+    if run.consecutive_bad >= run.cfg.max_nonfinite:
+        _rollback_run(run, step)
+        run.consecutive_bad = 0
+
+
+def _rollback_run(run: _Run, step: int) -> None:
+    """:func:`_rollback` of this run's flow, EMA, optimiser and (when trained with the flow) Gaussians."""
+    _rollback(run.flow, run.ema, run.optimizer, run.state_file, step, run.counters, run.cfg,
+              run.prior if run.joint else None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Logging, checkpoints, stop, and the final checkpoint
+
+
+def _log_window(run: _Run, step: int, bar: Any) -> None:
+    """One line of the metrics log: the window's mean loss and gradient norm over all ranks; the window restarts."""
     from nfpi.density import bits_per_dim
 
-    consecutive_bad = 0
-    win_loss = torch.zeros((), dtype=torch.float64, device=device)
-    win_gnorm = torch.zeros((), dtype=torch.float64, device=device)
-    win_steps, win_all, win_t0, steps_run = 0, 0, time.perf_counter(), 0
-    window = (resume["extra"] or {}).get("window") if resume is not None else None
-    if window:  # resumed inside a logging window: the window's sums so far, so its line is the same
-        win_loss.fill_(window[0])
-        win_gnorm.fill_(window[1])
-        win_steps, win_all, consecutive_bad = int(window[2]), int(window[3]), int(window[4])
-    loop_t0 = time.perf_counter()
-    bar = progress(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, unit="step", logger=logger,
-                   desc=str(record.get("stage", "train")), disable=not info.is_main)
-    for step in bar:
-        # Global batch -> this rank's contiguous shard; noise/flips for the global batch, then sliced.
-        idx = order.batch(step)[rank * shard : (rank + 1) * shard]
-        x, y = load_batch(dataset, idx)
-        noise, flips = batch_noise(cfg.seed, step, cfg.batch_size, image_shape)
-        sl = slice(rank * shard, (rank + 1) * shard)
-        x = training_inputs(x, noise[sl], flips[sl], n_bits=cfg.n_bits, hflip=cfg.hflip,
-                            augment=batch_augment(cfg, step, cfg.batch_size, sl))
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        for group in optimizer.param_groups:  # scheduler is the record; lr is a pure function of step
-            group["lr"] = lr_at(step, cfg)
+    cfg, win, done = run.cfg, run.window, step + 1
+    stats = ddp.all_reduce_mean(torch.stack([win.loss, win.gnorm]))
+    dt = time.perf_counter() - win.t0
+    n_ok = max(win.steps, 1)
+    loss_nats = float(stats[0]) / n_ok if win.steps else math.nan
+    run.counters["last_loss"] = loss_nats
+    bpd = float(bits_per_dim(torch.tensor(-loss_nats, dtype=torch.float64), run.num_dims, cfg.n_bits))
+    rec = {
+        "step": done, "loss": loss_nats, "bpd": bpd,
+        "lr": lr_at(step, cfg), "grad_norm": float(stats[1]) / n_ok if win.steps else math.nan,
+        "images_per_sec": cfg.batch_size * win.seen / max(dt, 1e-9),
+        "elapsed": time.perf_counter() - run.t_start, "skipped": run.counters["skipped"],
+        "rollbacks": run.counters["rollbacks"],
+    }
+    if run.info.is_main:
+        if run.metrics_path is not None:
+            append_jsonl(run.metrics_path, rec)
+        bar.set(loss=loss_nats, bpd=rec["bpd"])
+        logger.info("step %d/%d  loss %.4f nats  %.4f bits/dim  lr %.2e  |g| %.3g  %.0f img/s",
+                    done, cfg.steps, loss_nats, rec["bpd"], rec["lr"], rec["grad_norm"], rec["images_per_sec"])
+    win.reset()
 
-        with autocast(device, cfg.precision):
-            z, logdet = model(x)
-        # -log p(x|y) in nats (Eq. 1 with N(mu_y, v_y)), as nfpi.density.flow_nll; the prior term is
-        # evaluated outside autocast so that under bf16 only the flow's convolutions run in low precision.
-        loss = -(prior.log_prob(z.float(), y) + logdet.float()).mean()
-        optimizer.zero_grad(set_to_none=True)
-        if joint:  # Eq. 4 jointly: the separation term moves the Gaussians (the logged loss stays the NLL)
-            prior.zero_grad()
-            (loss + prior.penalty()).backward()
-            prior.sync_grads()
-        else:
-            loss.backward()
-        max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
-        gnorm = torch.nn.utils.clip_grad_norm_(flow.parameters(), max_norm, foreach=True)
-        # the Gaussians' gradient must be finite too (it is not clipped: their optimiser is Adam)
-        check = gnorm + prior.grad_norm().to(gnorm) if joint else gnorm
-        # Every rank must take the same decisions (DDP), so the flags are reduced with max: skip this
-        # step (non-finite)? stop after it (a stop signal reached some rank; its number)?
-        bad, stop_signal = ddp.all_reduce_max(torch.stack([
-            (~torch.isfinite(loss) | ~torch.isfinite(check)).float(), torch.tensor(float(_STOP.signum), device=device),
-        ])).tolist()
-        if bool(bad):
-            optimizer.zero_grad(set_to_none=True)
-            consecutive_bad += 1
-            counters["skipped"] += 1
-            logger.warning("step %d: non-finite loss (%s) or gradient norm (%s); step skipped (%d in a row)",
-                           step, f"{loss.item():.4g}", f"{gnorm.item():.4g}", consecutive_bad)
-            if consecutive_bad >= cfg.max_nonfinite:
-                _rollback(flow, ema, optimizer, state_file, step, counters, cfg, prior if joint else None)
-                consecutive_bad = 0
-        else:
-            consecutive_bad = 0
-            optimizer.step()
-            if joint:
-                prior.step(step)
-            ema.update(flow, step)
-            win_loss += loss.detach().double()
-            win_gnorm += gnorm.detach().double()
-            win_steps += 1
-        scheduler.step()
-        steps_run += 1
-        win_all += 1
-        done = step + 1
 
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            stats = ddp.all_reduce_mean(torch.stack([win_loss, win_gnorm]))
-            dt = time.perf_counter() - win_t0
-            n_ok = max(win_steps, 1)
-            loss_nats = float(stats[0]) / n_ok if win_steps else math.nan
-            counters["last_loss"] = loss_nats
-            bpd = float(bits_per_dim(torch.tensor(-loss_nats, dtype=torch.float64), num_dims, cfg.n_bits))
-            rec = {
-                "step": done, "loss": loss_nats, "bpd": bpd,
-                "lr": lr_at(step, cfg), "grad_norm": float(stats[1]) / n_ok if win_steps else math.nan,
-                "images_per_sec": cfg.batch_size * win_all / max(dt, 1e-9),
-                "elapsed": time.perf_counter() - t_start, "skipped": counters["skipped"],
-                "rollbacks": counters["rollbacks"],
-            }
-            if info.is_main:
-                if metrics_path is not None:
-                    append_jsonl(metrics_path, rec)
-                bar.set(loss=loss_nats, bpd=rec["bpd"])
-                logger.info("step %d/%d  loss %.4f nats  %.4f bits/dim  lr %.2e  |g| %.3g  %.0f img/s",
-                            done, cfg.steps, loss_nats, rec["bpd"], rec["lr"], rec["grad_norm"], rec["images_per_sec"])
-            win_loss.zero_()
-            win_gnorm.zero_()
-            win_steps, win_all, win_t0 = 0, 0, time.perf_counter()
-
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            if not _all_finite(flow):  # never make a bad state the rollback target
-                _rollback(flow, ema, optimizer, state_file, step, counters, cfg, prior if joint else None)
-            else:
-                save_resume(done, (win_loss, win_gnorm, win_steps, win_all, consecutive_bad))
-        elif stop_signal and _all_finite(flow):
-            save_resume(done, (win_loss, win_gnorm, win_steps, win_all, consecutive_bad))
-        if stop_signal:
-            name = signal.Signals(int(stop_signal)).name
-            if info.is_main:
-                logger.warning("stopped at step %d of %d%s on %s; resume checkpoint %s at step %d: rerun the same "
-                               "command to continue from it", done, cfg.steps, _where(record), name, state_file,
-                               saved_at[0])
-            raise TrainingStopped(int(stop_signal), done)
-    loop_s = time.perf_counter() - loop_t0
-
-    # -- final checkpoint -------------------------------------------------------------------------
-    final_step = max(start_step, cfg.steps)
-    if info.is_main and not (steps_run == 0 and _written(out_path, fingerprint, final_step)):
-        final_config = {**record, "train": to_jsonable(cfg), "image_shape": list(image_shape)}
+def _save_resume(run: _Run, step: int, *, with_window: bool = True) -> None:
+    """The rolling resume checkpoint at ``step`` (rank 0 writes; every rank waits), with the logging window's sums."""
+    run.saved_at = step
+    if run.info.is_main:
+        win = run.window
+        window = [float(v) for v in (win.loss, win.gnorm, win.steps, win.seen, run.consecutive_bad)] \
+            if with_window else None
         save_checkpoint(
-            out_path, kind="flow", model=flow.state_dict(), ema=ema.module.state_dict(),
-            gaussians=prior.state_dict(), step=final_step, config=final_config,
+            run.state_file, kind="resume", model=run.flow.state_dict(), ema=run.ema.module.state_dict(),
+            optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(), step=step,
+            rng=capture_rng_state(), gaussians=run.prior.resume_state() if run.joint else run.prior.state_dict(),
+            config={"fingerprint": run.fingerprint, "train": run.cfg, "record": run.record},
+            extra={**run.counters, "window": window},
+        )
+    ddp.barrier()
+
+
+def _checkpoint(run: _Run, step: int, stop_signal: float) -> None:
+    """Every ``checkpoint_every`` steps, at the end, and on a stop: the resume checkpoint, never of a bad state."""
+    done = step + 1
+    if done % run.cfg.checkpoint_every == 0 or done == run.cfg.steps:
+        if not _all_finite(run.flow):  # never make a bad state the rollback target
+            _rollback_run(run, step)
+        else:
+            _save_resume(run, done)
+    elif stop_signal and _all_finite(run.flow):
+        _save_resume(run, done)
+
+
+def _stop(run: _Run, done: int, signum: int) -> None:
+    """A stop signal reached some rank: every rank raises :class:`TrainingStopped` after the step's checkpoint."""
+    if run.info.is_main:
+        logger.warning("stopped at step %d of %d%s on %s; resume checkpoint %s at step %d: rerun the same "
+                       "command to continue from it", done, run.cfg.steps, _where(run.record),
+                       signal.Signals(signum).name, run.state_file, run.saved_at)
+    raise TrainingStopped(signum, done)
+
+
+def _finish(run: _Run, loop_s: float) -> TrainResult:
+    """The final ``kind="flow"`` checkpoint at ``out_path`` (left as it is when a rerun trained nothing) and the summary."""
+    from nfpi.density import bits_per_dim
+
+    cfg, counters = run.cfg, run.counters
+    final_step = max(run.start_step, cfg.steps)
+    if run.info.is_main and not (run.steps_run == 0 and _written(run.out_path, run.fingerprint, final_step)):
+        final_config = {**run.record, "train": to_jsonable(cfg), "image_shape": list(run.image_shape)}
+        save_checkpoint(
+            run.out_path, kind="flow", model=run.flow.state_dict(), ema=run.ema.module.state_dict(),
+            gaussians=run.prior.state_dict(), step=final_step, config=final_config,
             extra={"rollbacks": counters["rollbacks"], "skipped_steps": counters["skipped"],
-                   "final_loss": counters["last_loss"], "world_size": world, "fingerprint": fingerprint},
+                   "final_loss": counters["last_loss"], "world_size": run.info.world_size,
+                   "fingerprint": run.fingerprint},
         )
     ddp.barrier()
     last = float(counters["last_loss"]) if counters["last_loss"] is not None else math.nan
     return TrainResult(
         steps=final_step,
         final_loss=last,
-        final_bpd=float(bits_per_dim(torch.tensor(-last, dtype=torch.float64), num_dims, cfg.n_bits)),
-        images_per_sec=cfg.batch_size * steps_run / loop_s if steps_run and loop_s > 0 else 0.0,
+        final_bpd=float(bits_per_dim(torch.tensor(-last, dtype=torch.float64), run.num_dims, cfg.n_bits)),
+        images_per_sec=cfg.batch_size * run.steps_run / loop_s if run.steps_run and loop_s > 0 else 0.0,
         rollbacks=int(counters["rollbacks"]),
         skipped_steps=int(counters["skipped"]),
-        wall_s=time.perf_counter() - t_start,
-        resumed_from=start_step,
+        wall_s=time.perf_counter() - run.t_start,
+        resumed_from=run.start_step,
     )
 
 
