@@ -265,7 +265,10 @@ def stage_started(inv: Invocation, module: str, log: str) -> psutil.Process:
 def kill(proc: psutil.Process, sig: signal.Signals) -> None:
     """Deliver ``sig`` to a (frozen) job and let it act on it."""
     proc.send_signal(sig)
-    proc.send_signal(signal.SIGCONT)
+    try:
+        proc.send_signal(signal.SIGCONT)  # a frozen job acts on SIGTERM only once it runs again
+    except psutil.NoSuchProcess:
+        pass  # SIGKILL needs no SIGCONT: the shell may already have reaped the job
     proc.wait(timeout=TIMEOUT)
 
 
