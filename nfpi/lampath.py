@@ -334,6 +334,8 @@ def _predict(a: FPIResult, b: FPIResult, ta: float, tb: float, t: float, cfg: FP
     return means, torch.exp(logv).clamp(cfg.var_min, cfg.var_max)
 
 
+# Long (88 lines): the continuation loop (predict, solve, certify, measure, stop) and the cold check share
+# the path's state; the docstring is a quarter of it.
 def solve_path(
     stats: ClassStats,
     cfg: FPIConfig,

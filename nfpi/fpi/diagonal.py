@@ -148,6 +148,8 @@ def _residual(mu: torch.Tensor, v: torch.Tensor, tmu: torch.Tensor, tv: torch.Te
     return math.sqrt(r) if math.isfinite(r) else math.inf
 
 
+# Long (90 lines): the public solver's argument handling (config or keyword overrides, initialisation, variance
+# bounds, Anderson memory) feeding the one shared driver; the docstring is a third of it.
 def solve_fpi_from_stats(
     stats: ClassStats,
     config: FPIConfig | None = None,

@@ -166,7 +166,7 @@ def _divergence(
     return msg
 
 
-# Long (82 lines) because it is the one driver every FPI variant shares: step control, backtracking, bound
+# Long (107 lines) because it is the one driver every FPI variant shares: step control, backtracking, bound
 # patience and the divergence guard act on the same loop state; split, they would pass that state around.
 def _drive(
     x0: tuple[torch.Tensor, torch.Tensor],
