@@ -99,11 +99,13 @@ def table1(cfg: Mapping[str, Any], r: Path, names: list[str], stamp: dict[str, s
 def table2(cfg: Mapping[str, Any], r: Path, stamp: dict[str, str], sh: SharedRows | None = None) -> Table:
     sh = sh or SharedRows()
     names = table_settings(cfg)["table2"]  # the sweep, then (fpi.lam: auto) the lambda path's choice
+    labels = [f"{float(lam):g}" for lam in cfg["experiments"]["lambdas"]]
+    labels += [_path_label(r)] * (len(names) - len(labels))
     metrics = []
-    for s in names:
+    for s, label in zip(names, labels, strict=True):
         f, m = _load(cfg, r, sh, "metrics", s)
         fc, mc = _load(cfg, r, sh, "cnn", s)
-        metrics.append((_table2_label(cfg, r, s), f, m, fc, mc))
+        metrics.append((label, f, m, fc, mc))
     best = max(range(len(metrics)), key=lambda i: lookup(metrics[i][2], "val.nf_acc") or -1.0)
     rows = [[Cell(label + (" (best val)" if i == best else "")), cell_from(m, f, "test.nf_acc", scale=PCT),
              cell_from(mc, fc, "test.top1", scale=PCT), cell_from(m, f, "val.nf_acc", scale=PCT), Cell(_status_note(m))]
@@ -116,10 +118,8 @@ def table2(cfg: Mapping[str, Any], r: Path, stamp: dict[str, str], sh: SharedRow
                  + sh.note(names), stamp)
 
 
-def _table2_label(cfg: Mapping[str, Any], r: Path, setting: str) -> str:
-    """Table 2's lambda cell: the sweep's value, or for the path's row the lambda it chose (its solve record)."""
-    if setting != "nfpi" or cfg["fpi"].get("lam") != "auto":
-        return f"{float(setting[3:]) if setting.startswith('lam') else float(cfg['fpi']['lam']):g}"
+def _path_label(r: Path) -> str:
+    """Table 2's lambda cell for the lambda path's row: the lambda it chose (the NFPI solve record)."""
     f = r / "gaussians" / "nfpi.json"
     lam = json.loads(f.read_text()).get("lam") if f.is_file() else None
     return f"{lam:.4g} (lambda path)" if isinstance(lam, (int, float)) else "auto (lambda path; not run)"
